@@ -1,0 +1,5 @@
+import sys
+
+from forklift_boot import cli
+
+sys.exit(cli.main())

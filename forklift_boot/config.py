@@ -1,0 +1,87 @@
+"""Settings and default paths; the only user of platformdirs and of the environment's defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+# The stage store of PlanktoScope OS and openUC2's OS (a convention of those OSes, not Forklift's).
+SYSTEM_STAGE_STORE = Path("/var/lib/forklift/stages")
+SYSTEM_CACHE_DIR = Path("/var/cache/forklift/images")
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace_dir: Path
+    stage_store_dir: Path
+    cache_dir: Path
+    platform: str | None
+
+
+def workspace_dir(flag: str | None, env: Mapping[str, str]) -> Path:
+    """``--workspace`` > ``FORKLIFT_WORKSPACE`` > ``$HOME``, as Forklift resolves it."""
+    if flag:
+        return Path(flag)
+    if env.get("FORKLIFT_WORKSPACE"):
+        return Path(env["FORKLIFT_WORKSPACE"])
+    return Path(env["HOME"]) if env.get("HOME") else Path.home()
+
+
+def stage_store_dir(
+    flag: str | None,
+    env: Mapping[str, str],
+    workspace: Path,
+    system_store: Path = SYSTEM_STAGE_STORE,
+) -> Path:
+    """``--stage-store`` > ``FORKLIFT_STAGE_STORE`` > the OS's store > the workspace's."""
+    if flag:
+        return Path(flag)
+    if env.get("FORKLIFT_STAGE_STORE"):
+        return Path(env["FORKLIFT_STAGE_STORE"])
+    if system_store.is_dir():
+        return system_store
+    return workspace / ".local/share/forklift/stages"
+
+
+def cache_dir(
+    flag: str | None,
+    env: Mapping[str, str],
+    *,
+    is_root: bool,
+    system_cache: Path = SYSTEM_CACHE_DIR,
+) -> Path:
+    """``--cache-dir`` > ``FORKLIFT_BOOT_CACHE_DIR`` > systemd's ``$CACHE_DIRECTORY`` >
+    ``<FORKLIFT_WORKSPACE>/.cache/forklift/images`` > the system cache as root > the user's."""
+    if flag:
+        return Path(flag)
+    for variable in ("FORKLIFT_BOOT_CACHE_DIR", "CACHE_DIRECTORY"):
+        if env.get(variable):
+            # $CACHE_DIRECTORY may list several directories separated by colons.
+            return Path(env[variable].split(":")[0])
+    if env.get("FORKLIFT_WORKSPACE"):
+        return Path(env["FORKLIFT_WORKSPACE"]) / ".cache/forklift/images"
+    if is_root:
+        return system_cache
+    # platformdirs 2.6 (Debian bookworm) has user_cache_dir but no site_cache_dir.
+    return Path(platformdirs.user_cache_dir("forklift")) / "images"
+
+
+def load_settings(
+    *,
+    workspace: str | None,
+    stage_store: str | None,
+    cache: str | None,
+    platform: str | None,
+    env: Mapping[str, str],
+) -> Settings:
+    ws = workspace_dir(workspace, env)
+    return Settings(
+        workspace_dir=ws,
+        stage_store_dir=stage_store_dir(stage_store, env, ws),
+        cache_dir=cache_dir(cache, env, is_root=os.geteuid() == 0),
+        platform=platform or env.get("FORKLIFT_PLATFORM") or None,
+    )

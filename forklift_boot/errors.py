@@ -1,0 +1,48 @@
+"""The exception hierarchy that every module raises and the CLI turns into exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ForkliftBootError(Exception):
+    """Base of every error forklift-boot reports as a one-line message."""
+
+    exit_code = 1
+
+
+class UsageError(ForkliftBootError):
+    """The command line asks for something contradictory or incomplete."""
+
+    exit_code = 2
+
+
+class RequirementsError(ForkliftBootError):
+    """A pallet, bundle, stage store or compose file cannot be evaluated.
+
+    The message names the file; ``path`` carries it for programs.
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        super().__init__(message)
+
+
+class ImageRefError(ForkliftBootError):
+    """A string is not a valid image reference."""
+
+
+class CacheError(ForkliftBootError):
+    """The image cache cannot be read or written."""
+
+
+class EngineError(ForkliftBootError):
+    """Docker or containerd refused or failed an operation."""
+
+
+class EngineUnavailableError(EngineError):
+    """Docker or containerd cannot be reached at all."""
+
+
+class RegistryError(ForkliftBootError):
+    """A registry refused or failed a request."""

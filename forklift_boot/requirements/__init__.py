@@ -1,0 +1,113 @@
+"""Pallets, bundles, stage stores and compose files -> the images they require.
+
+The only package that reads Forklift's YAML files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from forklift_boot.errors import ImageRefError, RequirementsError
+from forklift_boot.refs import ImageRef, parse_image_ref
+from forklift_boot.requirements.bundles import images_of_bundle
+from forklift_boot.requirements.deployments import ImageUse
+from forklift_boot.requirements.pallets import Workspace, images_of_pallet
+from forklift_boot.requirements.stages import StagedBundle, load_stage_store
+
+__all__ = [
+    "RequiredImage",
+    "StagedBundle",
+    "list_bundle_images",
+    "list_given_images",
+    "list_pallet_images",
+    "list_stage_store_images",
+]
+
+
+@dataclass(frozen=True)
+class RequiredImage:
+    """An image as the compose files write it, and what needs it."""
+
+    ref: ImageRef
+    deployments: tuple[str, ...]
+    bundles: tuple[str, ...]  # labels of the bundles that need it; empty outside a stage store
+
+    @property
+    def written(self) -> str:
+        return self.ref.written
+
+
+def list_pallet_images(
+    pallet_dir: Path, workspace_dir: Path, *, include_disabled: bool, with_file_exports: bool
+) -> list[RequiredImage]:
+    uses = images_of_pallet(
+        pallet_dir,
+        Workspace(workspace_dir),
+        include_disabled=include_disabled,
+        with_file_exports=with_file_exports,
+    )
+    return _collect((use, None) for use in uses)
+
+
+def list_bundle_images(bundle_dir: Path, *, with_file_exports: bool) -> list[RequiredImage]:
+    uses = images_of_bundle(bundle_dir, with_file_exports=with_file_exports)
+    return _collect((use, None) for use in uses)
+
+
+def list_stage_store_images(
+    store_dir: Path, selectors: Sequence[str] | None, *, with_file_exports: bool
+) -> list[RequiredImage]:
+    """The union over the selected bundles; by default every bundle a device may fall back to."""
+    bundles = load_stage_store(store_dir).select(selectors)
+    return _collect(
+        (use, bundle.label)
+        for bundle in bundles
+        for use in images_of_bundle(bundle.bundle_dir, with_file_exports=with_file_exports)
+    )
+
+
+def list_given_images(refs: Iterable[str], origin: str) -> list[RequiredImage]:
+    """Refs from the command line or a file (one per line; blank lines and ``#`` lines skipped)."""
+    found: dict[str, ImageRef] = {}
+    for number, line in enumerate(refs, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            found[text] = parse_image_ref(text)
+        except ImageRefError as err:
+            where = f"{origin}, line {number}" if origin != "the command line" else origin
+            raise RequirementsError(f"couldn't parse image reference in {where}: {err}") from err
+    return [RequiredImage(found[text], (), ()) for text in sorted(found)]
+
+
+def _collect(uses: Iterable[tuple[ImageUse, str | None]]) -> list[RequiredImage]:
+    """Sorted and unique by the ref as written, with the deployments and bundles needing each."""
+    refs: dict[str, ImageRef] = {}
+    deployments: dict[str, set[str]] = {}
+    bundles: dict[str, set[str]] = {}
+    for use, bundle in uses:
+        if use.image not in refs:
+            refs[use.image] = _parse(use)
+            deployments[use.image], bundles[use.image] = set(), set()
+        deployments[use.image].add(use.deployment)
+        if bundle is not None:
+            bundles[use.image].add(bundle)
+    return [
+        RequiredImage(refs[image], tuple(sorted(deployments[image])), tuple(sorted(bundles[image])))
+        for image in sorted(refs)
+    ]
+
+
+def _parse(use: ImageUse) -> ImageRef:
+    try:
+        return parse_image_ref(use.image)
+    except ImageRefError as err:
+        what = f"service {use.service}" if use.service else "an image"
+        raise RequirementsError(
+            f"couldn't parse the image of {what} of deployment {use.deployment} in {use.source}: "
+            f"{err}; fix the image reference",
+            use.source,
+        ) from err

@@ -1,0 +1,58 @@
+"""One deployment of a package -> the images it needs, as Forklift evaluates it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from forklift_boot.requirements.compose import load_compose_services
+from forklift_boot.requirements.packages import PACKAGE_FILE, Package
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageUse:
+    """One place that needs an image: a compose service, or a file export (service "")."""
+
+    image: str  # the ref as written, after interpolation
+    deployment: str
+    service: str
+    source: Path  # the file that names the image
+
+
+def compose_app_name(deployment: str) -> str:
+    """Forklift's ``GetComposeAppName``: the compose project name of a deployment."""
+    return deployment.replace("/", "_")
+
+
+def images_of_deployment(
+    deployment: str, package: Package, features: list[str], *, with_file_exports: bool
+) -> list[ImageUse]:
+    parts = package.select(features, deployment)
+    uses: list[ImageUse] = []
+    compose_files = [package.package_dir / name for part in parts for name in part.compose_files]
+    # A deployment with no compose files defines no app (Forklift's DefinesComposeApp).
+    if compose_files:
+        services = load_compose_services(
+            compose_files, package.package_dir, compose_app_name(deployment)
+        )
+        for service in services:
+            if not service.image:
+                log.warning(
+                    "deployment %s: service %s has `build:` but no `image:`; "
+                    "Forklift never builds, so it is left out",
+                    deployment,
+                    service.name,
+                )
+                continue
+            uses.append(ImageUse(service.image, deployment, service.name, service.compose_file))
+    if with_file_exports:
+        package_file = package.package_dir / PACKAGE_FILE
+        uses.extend(
+            ImageUse(image, deployment, "", package_file)
+            for part in parts
+            for image in part.oci_image_exports
+        )
+    return uses
