@@ -34,8 +34,10 @@ def _time(run: object, runs: int) -> list[float]:
 def _report(name: str, times: list[float], floor: float | None = None) -> None:
     median = statistics.median(times)
     ratio = f", {median / floor:.1f}x the interpreter floor" if floor else ""
-    print(f"{name:<34} median {median * 1000:7.1f} ms  (min {min(times) * 1000:.1f}, "
-          f"max {max(times) * 1000:.1f}, n={len(times)}){ratio}")
+    print(
+        f"{name:<34} median {median * 1000:7.1f} ms  (min {min(times) * 1000:.1f}, "
+        f"max {max(times) * 1000:.1f}, n={len(times)}){ratio}"
+    )
 
 
 def main() -> None:
@@ -49,8 +51,9 @@ def main() -> None:
             assert cli.main(argv, env={}) == 0
 
     def whole_command() -> None:
-        subprocess.run([sys.executable, "-m", "forklift_boot", *argv], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "forklift_boot", *argv], check=True, stdout=subprocess.DEVNULL
+        )
 
     def interpreter() -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=True)

@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse_args(parser, argv)
     except SystemExit as exit_:  # argparse reports usage errors itself, with exit code 2
         return exit_.code if isinstance(exit_.code, int) else 2
     _configure_logging(verbose=args.verbose, journal=bool(env.get("JOURNAL_STREAM")))
@@ -130,20 +130,30 @@ def _read_images_file(name: str) -> tuple[list[str], str]:
 # Parsing
 
 
-def _bool(text: str) -> bool:
-    """Forklift's booleans: ``--flag`` alone is true, ``--flag=false`` turns it off."""
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    # Refs may come between options (`ls-img a:1 --json b:2`); argparse's positional stops at the
+    # first option, so the refs it leaves over are collected here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [arg for arg in extra if arg.startswith("-")]
+    if unknown or (extra and not hasattr(args, "refs")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.refs = [*args.refs, *extra]
+    return args
 
 
-def _add_bool(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
-    parser.add_argument(
-        flag, nargs="?", const=True, default=False, type=_bool, metavar="BOOL", help=help_text
-    )
+def _add_bool(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, help_text: str
+) -> None:
+    """A Forklift-style boolean: ``--flag`` turns it on, ``--flag=false`` off.
+
+    ``--flag=true``/``--flag=false`` are registered as exact option strings (argparse matches
+    those before splitting at ``=``), so a bare ``--flag`` never swallows the next argument.
+    """
+    dest = flag.removeprefix("--").replace("-", "_")
+    parser.add_argument(flag, dest=dest, action="store_true", default=False, help=help_text)
+    parser.add_argument(f"{flag}=true", dest=dest, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(f"{flag}=false", dest=dest, action="store_false", help=argparse.SUPPRESS)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) -> None:

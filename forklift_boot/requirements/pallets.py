@@ -216,7 +216,7 @@ class PalletLoader:
                     pattern = pattern.lstrip("/")
                     for rel in files:
                         if _matches_with_children(pattern, rel):
-                            suffix = _trim_prefix("/" + rel, _clean("/" + source))
+                            suffix = _trim_prefix("/" + rel, _clean(posixpath.join("/", source)))
                             mappings[_clean(posixpath.join("/", target, suffix.lstrip("/")))] = (
                                 "/" + rel
                             )
@@ -414,12 +414,19 @@ def _matches_with_children(pattern: str, name: str) -> bool:
 @lru_cache(maxsize=256)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     """A regex for a doublestar pattern: ``**`` spans directories, ``*``/``?`` do not."""
-    out = []
+    out: list[str] = []
     segments = pattern.split("/")
     for index, segment in enumerate(segments):
         last = index == len(segments) - 1
+        if segment == "**" and last:
+            # doublestar: a trailing `/**` also matches the directory itself (`a/**` matches `a`).
+            if out:
+                out[-1] = "(?:/.*)?"
+            else:
+                out.append(".*")
+            continue
         if segment == "**":
-            out.append(".*" if last else "(?:[^/]*/)*")
+            out.append("(?:[^/]*/)*")
             continue
         out.append(_glob_segment(segment))
         if not last:
@@ -428,7 +435,8 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _glob_segment(segment: str) -> str:
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while i < len(segment):
         char = segment[i]
         if char == "*":

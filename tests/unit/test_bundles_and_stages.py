@@ -7,11 +7,17 @@ from pathlib import Path
 import pytest
 
 from forklift_boot.errors import RequirementsError
-from forklift_boot.requirements import list_bundle_images, list_stage_store_images
+from forklift_boot.requirements import (
+    RequiredImage,
+    list_bundle_images,
+    list_stage_store_images,
+)
 from tests.treebuilder import package, under, write_tree
 
 
-def new_bundle(images: dict[str, list[str]], oci_exports: dict[str, list[str]] | None = None) -> str:
+def new_bundle(
+    images: dict[str, list[str]], oci_exports: dict[str, list[str]] | None = None
+) -> str:
     """A v0.8.0-alpha.6+ manifest: compose images in exports, downloads = exports + images."""
     lines = ["forklift-version: v0.8.0-alpha.6", "deploys:"]
     lines += [f"  {name}: {{package: /packages/{name}}}" for name in images]
@@ -25,8 +31,8 @@ def new_bundle(images: dict[str, list[str]], oci_exports: dict[str, list[str]] |
     return "\n".join(lines) + "\n"
 
 
-def _written(images: list[object]) -> list[str]:
-    return [image.written for image in images]  # type: ignore[attr-defined]
+def _written(images: list[RequiredImage]) -> list[str]:
+    return [image.written for image in images]
 
 
 def test_new_bundle_lists_compose_images_from_its_manifest(tmp_path: Path) -> None:
@@ -134,7 +140,7 @@ def test_stage_store_bundles_narrowed(tmp_path: Path) -> None:
 
 def test_stage_store_unknown_bundle_name(tmp_path: Path) -> None:
     store = _stage_store(tmp_path, STORE)
-    with pytest.raises(RequirementsError, match="no bundle named nope"):
+    with pytest.raises(RequirementsError, match="couldn.t find a bundle named nope"):
         list_stage_store_images(store, ["nope"], with_file_exports=False)
 
 

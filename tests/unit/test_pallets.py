@@ -144,7 +144,8 @@ def test_package_from_workspace_repository_with_pseudoversion(tmp_path: Path) ->
         {"forklift-repository.yml": "repository:\n  path: x\n", **under("web", package("web:1"))},
     )
     write_tree(
-        workspace / f".cache/forklift/repositories/{repo}-more@v1.4.1-0.20250101000000-0123456789ab",
+        workspace
+        / f".cache/forklift/repositories/{repo}-more@v1.4.1-0.20250101000000-0123456789ab",
         under("tools/clock", package("clock:1")),
     )
     pallet = write_tree(
@@ -252,8 +253,9 @@ def _layered_pallet(root: Path, imports: str, extra: dict[str, str] | None = Non
 def test_import_add_everything(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     _base_pallet(workspace)
-    # Default modifier: type add, target "/", source = target: every file of the base pallet.
-    pallet = _layered_pallet(tmp_path / "p", "modifiers:\n  - description: all\n")
+    # Default modifier type: add, with source = target.
+    imports = "modifiers:\n  - target: /deployments\n  - target: /packages\n"
+    pallet = _layered_pallet(tmp_path / "p", imports)
     assert _images(pallet, workspace) == ["broker:1", "legacy:1", "own:1", "proxy:1"]
 
 
@@ -263,7 +265,9 @@ def test_import_add_then_remove_with_only_matching_any(tmp_path: Path) -> None:
     imports = """
         modifiers:
           - type: add
-            target: /
+            target: /deployments
+          - type: add
+            target: /packages
           - type: remove
             target: /deployments
             only-matching-any: [apps/*.deploy.yml, infra/broker.deploy.yml]
@@ -322,7 +326,8 @@ def test_pallet_files_override_imported_files(tmp_path: Path) -> None:
 def test_all_import_groups_disabled_means_no_merge(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     _base_pallet(workspace)
-    pallet = _layered_pallet(tmp_path / "p", "disabled: true\nmodifiers:\n  - target: /\n")
+    imports = "disabled: true\nmodifiers:\n  - target: /deployments\n"
+    pallet = _layered_pallet(tmp_path / "p", imports)
     assert _images(pallet, workspace) == ["own:1"]
 
 
@@ -344,7 +349,9 @@ def test_required_pallet_is_merged_recursively(tmp_path: Path) -> None:
             f"requirements/pallets/{root}/forklift-version-lock.yml": (
                 "type: version\ntag: v0.1.0\ncommit: abc\ntimestamp: '20250101000000'\n"
             ),
-            f"requirements/pallets/{root}/all.imports.yml": "modifiers:\n  - target: /\n",
+            f"requirements/pallets/{root}/all.imports.yml": (
+                "modifiers:\n  - target: /deployments\n  - target: /packages\n"
+            ),
         },
     )
     imports = "modifiers:\n  - target: /deployments/deep.deploy.yml\n  - target: /packages/deep\n"
@@ -353,7 +360,7 @@ def test_required_pallet_is_merged_recursively(tmp_path: Path) -> None:
 
 
 def test_required_pallet_missing_from_cache(tmp_path: Path) -> None:
-    pallet = _layered_pallet(tmp_path / "p", "modifiers:\n  - target: /\n")
+    pallet = _layered_pallet(tmp_path / "p", "modifiers:\n  - target: /deployments\n")
     with pytest.raises(RequirementsError, match=rf"required pallet {BASE}@v1.2.0 in the workspace"):
         _images(pallet, tmp_path / "empty-ws")
 

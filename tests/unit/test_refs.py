@@ -62,15 +62,11 @@ PARSE_CASES: list[tuple[str, str, str, str | None, str | None]] = [
 
 
 @pytest.mark.parametrize(("text", "domain", "path", "tag", "digest"), PARSE_CASES)
-def test_parse(
-    text: str, domain: str, path: str, tag: str | None, digest: str | None
-) -> None:
+def test_parse(text: str, domain: str, path: str, tag: str | None, digest: str | None) -> None:
     assert parse_image_ref(text) == ImageRef(text, domain, path, tag, digest)
 
 
-@pytest.mark.parametrize(
-    "text", [case[0] for case in PARSE_CASES if case[0] != f"docker.io/{HEX}"]
-)
+@pytest.mark.parametrize("text", [case[0] for case in PARSE_CASES if case[0] != f"docker.io/{HEX}"])
 def test_canonical_and_familiar_forms_parse_back_to_the_same_image(text: str) -> None:
     ref = parse_image_ref(text)
     for form in (ref.canonical, ref.familiar):
@@ -372,9 +368,7 @@ PALLET_CASES = [
 
 
 @pytest.mark.parametrize(("text", "name", "familiar_name", "tag"), PALLET_CASES)
-def test_pallet_standard_refs(
-    text: str, name: str, familiar_name: str, tag: str
-) -> None:
+def test_pallet_standard_refs(text: str, name: str, familiar_name: str, tag: str) -> None:
     ref = parse_image_ref(text)
     assert ref.name == name
     assert ref.familiar_name == familiar_name
