@@ -179,7 +179,11 @@ def _mark_sources(data: dict[str, Any], file: Path) -> None:
 # --- YAML as go-yaml v3 reads it ---------------------------------------------------------------
 
 
-class _YamlLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (Debian's and PyPI's do): 3x faster on a big pallet.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     """PyYAML's safe loader with go-yaml v3's plain scalars and compose-go's custom tags."""
 
 

@@ -19,7 +19,8 @@ def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise RequirementsError(f"couldn't read {what} {path}: {err}", path) from err
     try:
-        data = yaml.safe_load(text)
+        # libyaml's parser when PyYAML has it (Debian's and PyPI's do).
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as err:
         raise RequirementsError(
             f"couldn't parse {what} {path}: {_describe_yaml_error(err)}", path

@@ -177,3 +177,47 @@ def test_name_only_ref_printed_as_written(capsys: Capture, tmp_path: Path) -> No
     )
     code, out, _ = run(capsys, "ls-img", "--pallet", str(pallet), "--ws", str(tmp_path))
     assert (code, out) == (0, "library/redis\n")
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"deployments/a.deploy.yml": "package: /packages/a\nfeatures: [nope]\n"},
+            "deployment a: unrecognized feature flags ['nope']",
+        ),
+        ({"deployments/a.deploy.yml": "package: /packages/gone\n"}, "no package /packages/gone"),
+        ({"deployments/a.deploy.yml": "package: [not, a, string]\n"}, "`package` must be"),
+    ],
+)
+def test_bad_pallet_files_are_one_line_exit_1(
+    capsys: Capture, tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    pallet = write_tree(
+        tmp_path / "p",
+        {
+            "forklift-pallet.yml": PALLET_FILE.format(name="p"),
+            **under("packages/a", package("a:1", {"extra": "b:1"})),
+            **files,
+        },
+    )
+    code, out, err = run(capsys, "ls-img", "--pallet", str(pallet), "--ws", str(tmp_path))
+    assert (code, out) == (1, "")
+    assert expected in err
+    assert len(err.splitlines()) == 1
+
+
+def test_empty_stage_store_is_one_line_exit_1(capsys: Capture, tmp_path: Path) -> None:
+    write_tree(tmp_path, {"forklift-stage-store.yml": "forklift-version: v0.7.0\n"})
+    code, out, err = run(capsys, "ls-img", "--stage-store", str(tmp_path))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"Error: the stage store {tmp_path} has no staged bundle to apply or fall back to; "
+        "stage a pallet first, e.g. with `forklift plt stage`\n"
+    )
+
+
+def test_missing_images_file(capsys: Capture, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "ls-img", "--images-file", str(tmp_path / "nope"))
+    assert code == 2
+    assert "couldn't read images file" in err

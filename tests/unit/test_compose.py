@@ -392,10 +392,6 @@ def test_every_document_of_a_file_is_merged(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "cause"),
     [
-        (
-            "services:\n  web: [\n",
-            "expected the node content, but found '<stream end>' at line 3, column 1",
-        ),
         ("- web\n", "top-level object must be a mapping"),
         ("services: [web]\n", "services must be a mapping"),
         ("services:\n  web:\n", "services.web must be a mapping"),
@@ -410,6 +406,14 @@ def test_malformed_files(tmp_path: Path, text: str, cause: str) -> None:
     assert load_error(tmp_path, compose).startswith(
         f"couldn't load compose file {compose}: {cause}"
     )
+
+
+def test_unclosed_flow_sequence_names_the_place(tmp_path: Path) -> None:
+    # libyaml and PyYAML's pure parser word the cause differently; both give the place.
+    compose = write(tmp_path, "compose.yml", "services:\n  web: [\n")
+    message = load_error(tmp_path, compose)
+    assert message.startswith(f"couldn't load compose file {compose}: ")
+    assert message.endswith("at line 3, column 1")
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
