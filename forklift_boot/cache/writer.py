@@ -1,0 +1,167 @@
+"""Changing the cache under its exclusive lock: blobs, index entries, garbage, repairs."""
+
+from __future__ import annotations
+
+import logging
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from forklift_boot.cache.blob_writer import BlobWriter
+from forklift_boot.cache.blobs import hash_file
+from forklift_boot.cache.descriptors import CachedImage, Descriptor
+from forklift_boot.cache.durable import cache_os_error, fsync_directory
+from forklift_boot.cache.index import entry_names, write_index
+from forklift_boot.cache.reader import CacheReader
+from forklift_boot.cache.walk import BlobWalk, walk_blobs
+from forklift_boot.errors import CacheError
+
+__all__ = ["CacheWriter"]
+
+log = logging.getLogger(__name__)
+
+_BLOB_NAME = re.compile(r"[a-f0-9]{64}")
+
+
+class CacheWriter(CacheReader):
+    """A reader that may also change the cache; ImageCache.writing() holds the exclusive lock."""
+
+    @contextmanager
+    def blob_writer(self) -> Iterator[BlobWriter]:
+        """A BlobWriter whose temporary is removed on leaving the block unless committed."""
+        self._check_open()
+        writer = BlobWriter(self._blobs_dir)
+        try:
+            yield writer
+        finally:
+            writer.discard()
+
+    def write_blob(self, data: bytes, media_type: str) -> Descriptor:
+        """Store a small blob (a manifest, index or config) durably; returns its descriptor."""
+        with self.blob_writer() as writer:
+            writer.write(data)
+            return writer.commit().to_descriptor(media_type)
+
+    def put_images(self, images: Sequence[CachedImage]) -> None:
+        """Add entries, replacing any entry of the same name; all their blobs must be present.
+
+        index.json is replaced in one atomic step, after every blob it names is durable
+        (blob commits fsync as they go). Entries of other names stay byte for byte.
+        """
+        names = [image.canonical for image in images]
+        if len(set(names)) != len(names):
+            raise ValueError(f"put_images got a canonical name twice: {names}")
+        for image in images:
+            problem = walk_blobs(self, image.descriptor).image_problem()
+            if problem is not None:
+                raise CacheError(
+                    f"couldn't add {image.canonical} to the image cache {self.cache_dir}: {problem}"
+                )
+        document = self._read_index()
+        replaced = set(names)
+        kept = [entry for entry in document.entries if not entry_names(entry) & replaced]
+        document.entries = kept + [image.to_entry() for image in images]
+        write_index(self.cache_dir, document)
+
+    def remove_images(self, canonicals: Sequence[str]) -> list[str]:
+        """Drop the entries of these names (blobs stay until collect_garbage); returns the
+        names that were present."""
+        document = self._read_index()
+        wanted = set(canonicals)
+        removed = sorted({name for e in document.entries for name in entry_names(e) & wanted})
+        if removed:
+            document.entries = [e for e in document.entries if not entry_names(e) & wanted]
+            write_index(self.cache_dir, document)
+        return removed
+
+    def collect_garbage(self) -> int:
+        """Delete the blobs that no index.json entry reaches; returns the bytes freed.
+
+        Every entry counts, other tools' too. If an entry can't be followed to the end (a
+        damaged manifest), nothing is deleted: its layers might be the ones still needed.
+        """
+        reachable = self._reachable_digests()
+        freed = 0
+        removed = 0
+        for path in self._blob_files():
+            if f"sha256:{path.name}" in reachable:
+                continue
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except OSError as err:
+                raise cache_os_error("remove unused blob", path, err) from err
+            freed += size
+            removed += 1
+        if removed:
+            fsync_directory(self._blobs_dir)
+            log.info("removed %d unused blobs from %s", removed, self.cache_dir)
+        return freed
+
+    def repair(self) -> list[str]:
+        """Delete every reachable blob whose bytes don't match its digest; returns their digests.
+
+        The entries stay, so the next cache-img fetches those blobs again.
+        """
+        removed: list[str] = []
+        checked: set[str] = set()
+        for _, walk in self._walk_entries(skip_invalid=True):
+            missing = {reached.descriptor.digest for reached in walk.missing}
+            for reached in walk.reached:
+                digest = reached.descriptor.digest
+                if digest in checked or digest in missing:
+                    continue
+                checked.add(digest)
+                try:
+                    path = self.blob_path(digest)
+                except CacheError:
+                    continue  # an unsupported digest names no blob of ours
+                actual, _ = hash_file(path)
+                if actual != digest:
+                    try:
+                        path.unlink()
+                    except OSError as err:
+                        raise cache_os_error("remove damaged blob", path, err) from err
+                    removed.append(digest)
+        if removed:
+            fsync_directory(self._blobs_dir)
+            log.warning("removed %d damaged blobs from %s", len(removed), self.cache_dir)
+        return removed
+
+    def _reachable_digests(self) -> set[str]:
+        reachable: set[str] = set()
+        for label, walk in self._walk_entries():
+            if not walk.is_complete:
+                raise CacheError(
+                    f"couldn't collect garbage in the image cache {self.cache_dir}: {label} can't"
+                    f" be followed ({walk.describe_problems()}); run `forklift-boot cache verify`"
+                )
+            reachable.update(reached.descriptor.digest for reached in walk.reached)
+        return reachable
+
+    def _walk_entries(self, *, skip_invalid: bool = False) -> Iterator[tuple[str, BlobWalk]]:
+        for number, entry in enumerate(self._read_index().entries):
+            label = " or ".join(sorted(entry_names(entry))) or f"index.json entry {number}"
+            try:
+                root = Descriptor.from_json(entry, f"index.json entry {number} ({label})")
+            except CacheError:
+                # What such an entry points at is unknown: fatal for GC, skipped by repair.
+                if skip_invalid:
+                    continue
+                raise
+            yield label, walk_blobs(self, root)
+
+    def _blob_files(self) -> list[Path]:
+        try:
+            return sorted(
+                path
+                for path in self._blobs_dir.iterdir()
+                # Temporaries and unknown files are not blobs; the sweep handles the former.
+                if _BLOB_NAME.fullmatch(path.name) and stat.S_ISREG(path.lstat().st_mode)
+            )
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise cache_os_error("list", self._blobs_dir, err) from err
