@@ -12,6 +12,7 @@ import platformdirs
 # The stage store of PlanktoScope OS and openUC2's OS (a convention of those OSes, not Forklift's).
 SYSTEM_STAGE_STORE = Path("/var/lib/forklift/stages")
 SYSTEM_CACHE_DIR = Path("/var/cache/forklift/images")
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Settings:
     stage_store_dir: Path
     cache_dir: Path
     platform: str | None
+    docker_host: str
 
 
 def workspace_dir(flag: str | None, env: Mapping[str, str]) -> Path:
@@ -84,4 +86,5 @@ def load_settings(
         stage_store_dir=stage_store_dir(stage_store, env, ws),
         cache_dir=cache_dir(cache, env, is_root=os.geteuid() == 0),
         platform=platform or env.get("FORKLIFT_PLATFORM") or None,
+        docker_host=env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST,
     )

@@ -17,17 +17,11 @@ from forklift_boot.errors import EngineError, EngineUnavailableError, ForkliftBo
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 STREAM_CHUNK = 1 << 20
 # Small calls fail after this; streams (save, load) have no read timeout, since a gigabyte
 # from an SD card outlasts any fixed limit.
 CALL_TIMEOUT = 120
 CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
-
-
-def docker_host(env: Mapping[str, str]) -> str:
-    """``DOCKER_HOST`` as the docker CLI reads it, else the default socket."""
-    return env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
 @dataclass(frozen=True)
@@ -57,13 +51,40 @@ class DockerEngine:
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        try:
-            self.api = docker.APIClient(base_url=base_url, version="auto", timeout=CALL_TIMEOUT)
-        except docker.errors.DockerException as err:
-            raise self._unavailable(err) from err
+        self._api: docker.APIClient | None = None
+
+    @property
+    def api(self) -> docker.APIClient:
+        """Connects on first use: a run with nothing to do never needs Docker."""
+        if self._api is None:
+            try:
+                # "auto": Docker 20.10 refuses clients newer than its API 1.41.
+                self._api = docker.APIClient(
+                    base_url=self.base_url, version="auto", timeout=CALL_TIMEOUT
+                )
+            except docker.errors.DockerException as err:
+                raise self._unavailable(err) from err
+        return self._api
 
     def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+
+    def reconnect(self) -> None:
+        """A new connection pool, after the daemon restarted under us (it may not answer yet)."""
+        version = self.api.api_version
         self.api.close()
+        self._api = docker.APIClient(base_url=self.base_url, version=version, timeout=CALL_TIMEOUT)
+
+    def is_answering(self) -> bool:
+        try:
+            return bool(self.api.ping())
+        except (
+            requests.exceptions.RequestException,
+            docker.errors.DockerException,
+            EngineUnavailableError,
+        ):
+            return False
 
     # Queries
 

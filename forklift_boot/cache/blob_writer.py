@@ -19,6 +19,7 @@ from forklift_boot.cache.durable import (
     temporary_name,
 )
 from forklift_boot.errors import CacheError
+from forklift_boot.faults import checkpoint
 
 __all__ = ["BlobWriter", "ReadableStream", "StoredBlob"]
 
@@ -76,6 +77,8 @@ class BlobWriter:
             raise cache_os_error("write a blob to", self._blobs_dir, err) from err
         self._hasher.update(data)
         self._size += len(data)
+        if self._size > BUFFER_SIZE:
+            checkpoint("blob-partial")
         return len(data)
 
     def copy_from(self, source: ReadableStream) -> int:
@@ -135,6 +138,7 @@ class BlobWriter:
         except OSError as err:
             self.discard()
             raise cache_os_error("store blob", final_path, err) from err
+        checkpoint("blob-renamed")
         fsync_directory(self._blobs_dir)
         return StoredBlob(digest, self._size, is_new=True)
 

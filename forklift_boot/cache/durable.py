@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 from forklift_boot.errors import CacheError
+from forklift_boot.faults import checkpoint
 
 __all__ = [
     "TEMP_MARKER",
@@ -84,10 +85,12 @@ def write_file_atomically(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        checkpoint(f"{path.name}-temp-written")
         os.replace(temp_path, path)
     except OSError as err:
         remove_quietly(temp_path)
         raise cache_os_error("write", path, err) from err
+    checkpoint(f"{path.name}-renamed")
     fsync_directory(path.parent)
 
 

@@ -19,7 +19,9 @@ from forklift_boot.requirements.stages import StagedBundle, load_stage_store
 __all__ = [
     "RequiredImage",
     "StagedBundle",
+    "applied_bundle_selector",
     "list_bundle_images",
+    "list_every_stage_store_image",
     "list_given_images",
     "list_pallet_images",
     "list_stage_store_images",
@@ -33,6 +35,9 @@ class RequiredImage:
     ref: ImageRef
     deployments: tuple[str, ...]
     bundles: tuple[str, ...]  # labels of the bundles that need it; empty outside a stage store
+    # Needed by what will be applied (next, or current once next failed), not only by a
+    # fallback bundle: missing it is an error rather than a warning.
+    essential: bool = True
 
     @property
     def written(self) -> str:
@@ -48,24 +53,47 @@ def list_pallet_images(
         include_disabled=include_disabled,
         with_file_exports=with_file_exports,
     )
-    return _collect((use, None) for use in uses)
+    return _collect((use, None, True) for use in uses)
 
 
 def list_bundle_images(bundle_dir: Path, *, with_file_exports: bool) -> list[RequiredImage]:
     uses = images_of_bundle(bundle_dir, with_file_exports=with_file_exports)
-    return _collect((use, None) for use in uses)
+    return _collect((use, None, True) for use in uses)
 
 
 def list_stage_store_images(
     store_dir: Path, selectors: Sequence[str] | None, *, with_file_exports: bool
 ) -> list[RequiredImage]:
-    """The union over the selected bundles; by default every bundle a device may fall back to."""
-    bundles = load_stage_store(store_dir).select(selectors)
+    """The union over the selected bundles; by default every bundle a device may fall back to.
+
+    Images of the bundle ``forklift stage apply`` would apply are marked essential.
+    """
+    store = load_stage_store(store_dir)
+    bundles = store.select(selectors)
     return _collect(
-        (use, bundle.label)
+        (use, bundle.label, bundle.index == store.applied_index)
         for bundle in bundles
         for use in images_of_bundle(bundle.bundle_dir, with_file_exports=with_file_exports)
     )
+
+
+def list_every_stage_store_image(store_dir: Path) -> list[RequiredImage]:
+    """The images of every bundle in the store, referenced by a name or not."""
+    load_stage_store(store_dir)  # refuse a directory that is not a stage store
+    indices = sorted(
+        int(child.name)
+        for child in store_dir.iterdir()
+        if child.name.isdigit() and int(child.name) > 0 and child.is_dir()
+    )
+    if not indices:
+        return []
+    return list_stage_store_images(store_dir, [str(i) for i in indices], with_file_exports=True)
+
+
+def applied_bundle_selector(store_dir: Path) -> list[str]:
+    """The bundle ``forklift stage apply`` applies: ``next``, or ``current`` once next failed."""
+    store = load_stage_store(store_dir)
+    return [str(store.applied_index)] if store.applied_index else ["next"]
 
 
 def list_given_images(refs: Iterable[str], origin: str) -> list[RequiredImage]:
@@ -83,20 +111,28 @@ def list_given_images(refs: Iterable[str], origin: str) -> list[RequiredImage]:
     return [RequiredImage(found[text], (), ()) for text in sorted(found)]
 
 
-def _collect(uses: Iterable[tuple[ImageUse, str | None]]) -> list[RequiredImage]:
+def _collect(uses: Iterable[tuple[ImageUse, str | None, bool]]) -> list[RequiredImage]:
     """Sorted and unique by the ref as written, with the deployments and bundles needing each."""
     refs: dict[str, ImageRef] = {}
     deployments: dict[str, set[str]] = {}
     bundles: dict[str, set[str]] = {}
-    for use, bundle in uses:
+    essential: set[str] = set()
+    for use, bundle, is_essential in uses:
         if use.image not in refs:
             refs[use.image] = _parse(use)
             deployments[use.image], bundles[use.image] = set(), set()
         deployments[use.image].add(use.deployment)
         if bundle is not None:
             bundles[use.image].add(bundle)
+        if is_essential:
+            essential.add(use.image)
     return [
-        RequiredImage(refs[image], tuple(sorted(deployments[image])), tuple(sorted(bundles[image])))
+        RequiredImage(
+            refs[image],
+            tuple(sorted(deployments[image])),
+            tuple(sorted(bundles[image])),
+            essential=image in essential,
+        )
         for image in sorted(refs)
     ]
 

@@ -9,6 +9,7 @@ import pytest
 from forklift_boot.errors import RequirementsError
 from forklift_boot.requirements import (
     RequiredImage,
+    applied_bundle_selector,
     list_bundle_images,
     list_stage_store_images,
 )
@@ -169,3 +170,26 @@ def test_stage_store_pointing_at_a_missing_bundle(tmp_path: Path) -> None:
     store = write_tree(tmp_path, {"forklift-stage-store.yml": "staged:\n  next: 7\n"})
     with pytest.raises(RequirementsError, match=r"couldn't find bundle 7 \(next\)"):
         list_stage_store_images(store, None, with_file_exports=False)
+
+
+def test_images_of_the_applied_bundle_are_essential(tmp_path: Path) -> None:
+    # next=5 is what `forklift stage apply` applies; the rest are fallbacks.
+    store = _stage_store(tmp_path, STORE)
+    essential = {
+        i.written: i.essential
+        for i in list_stage_store_images(store, None, with_file_exports=False)
+    }
+    assert essential == {
+        "b1:1": False,
+        "b3:1": False,
+        "b4:1": False,
+        "b5:1": True,
+        "common:1": True,
+    }
+
+
+def test_after_a_failed_next_current_is_applied(tmp_path: Path) -> None:
+    store = _stage_store(tmp_path, STORE.replace("next: 5", "next: 5\n      next-failed: true"))
+    images = list_stage_store_images(store, None, with_file_exports=False)
+    assert [i.written for i in images if i.essential] == ["b4:1", "common:1"]
+    assert applied_bundle_selector(store) == ["4"]

@@ -1,0 +1,458 @@
+"""Orchestration: copy required images into the cache, and load them from it into an engine.
+
+Sees only small protocols (an image source, an image target) and the cache; never docker,
+subprocess or pystemd.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from forklift_boot.cache import (
+    INDEX_MEDIA_TYPES,
+    CachedImage,
+    CacheReader,
+    CacheWriter,
+    Descriptor,
+    ImageCache,
+    ensure_free_space,
+)
+from forklift_boot.errors import CacheError, EngineError, ForkliftBootError
+from forklift_boot.faults import checkpoint
+from forklift_boot.refs import ImageRef
+from forklift_boot.report import (
+    ALREADY_CACHED,
+    CACHED,
+    FAILED,
+    LOADED,
+    MISSING,
+    PRESENT,
+    TAGGED,
+    UNRESOLVED,
+    ImageOutcome,
+    NoProgress,
+    Progress,
+    Report,
+)
+from forklift_boot.requirements import RequiredImage
+
+log = logging.getLogger(__name__)
+
+ByteCounter = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One cache entry: a canonical name and every spelling of it that the compose files use."""
+
+    canonical: str
+    refs: tuple[ImageRef, ...]
+    essential: bool
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        return tuple(ref.written for ref in self.refs)
+
+
+def group_by_canonical(required: Sequence[RequiredImage]) -> list[Wanted]:
+    """Spellings of the same canonical reference share one entry (``nginx:1`` and
+    ``docker.io/library/nginx:1``); a name-only ref means ``:latest``, as Docker reads it."""
+    groups: dict[str, list[RequiredImage]] = {}
+    for image in required:
+        if image.ref.is_name_only:
+            log.warning(
+                "%s has no tag; it means %s:latest, which may change under the same name",
+                image.written,
+                image.written,
+            )
+        groups.setdefault(image.ref.with_default_tag().canonical, []).append(image)
+    return [
+        Wanted(
+            canonical,
+            tuple(image.ref for image in images),
+            essential=any(image.essential for image in images),
+        )
+        for canonical, images in sorted(groups.items())
+    ]
+
+
+# Copying into the cache
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """A wanted image as the source has it."""
+
+    wanted: Wanted
+    image_id: str
+    registry_digest: str | None
+    platform: str
+    size: int  # uncompressed bytes, an upper bound of what storing it writes
+
+
+@dataclass(frozen=True)
+class CopiedImage:
+    manifest: Descriptor
+    new_bytes: int
+
+
+class ImageSource(Protocol):
+    description: str
+
+    def find(self, wanted: Wanted) -> SourceImage | None: ...
+
+    def copy(
+        self,
+        images: Sequence[SourceImage],
+        writer: CacheWriter,
+        *,
+        compress: str,
+        known_layers: Mapping[str, Descriptor],
+        on_bytes: ByteCounter,
+    ) -> dict[str, CopiedImage]:
+        """Copies the images into the cache's blobs; returns them by image ID."""
+        ...
+
+
+def cache_images(
+    required: Sequence[RequiredImage],
+    source: ImageSource,
+    cache: ImageCache,
+    *,
+    compress: str,
+    progress: Progress | None = None,
+) -> Report:
+    """Copies every required image the cache lacks out of ``source``; writes nothing else."""
+    progress = progress or NoProgress()
+    report = Report("cache")
+    wanted = group_by_canonical(required)
+    with cache.writing() as writer:
+        cached = {image.canonical: image for image in writer.images()}
+        to_copy: list[SourceImage] = []
+        renamed: list[CachedImage] = []
+        for item in wanted:
+            entry = cached.get(item.canonical)
+            if entry is not None:
+                refs = tuple(sorted({*entry.refs, *item.written}))
+                if refs != entry.refs:
+                    renamed.append(replace(entry, refs=refs))
+                report.add(_outcome(item, ALREADY_CACHED))
+                continue
+            found = source.find(item)
+            if found is None:
+                report.add(_missing(item, f"neither {source.description} nor the cache has it"))
+            else:
+                to_copy.append(found)
+        if renamed:
+            writer.put_images(renamed)  # new spellings of cached images: index only
+        if to_copy:
+            _copy(to_copy, source, writer, progress, report, compress=compress)
+    for outcome in report.outcomes:
+        if outcome.status != CACHED:
+            progress.finish_image(outcome)
+    return report.finish()
+
+
+def _copy(
+    images: list[SourceImage],
+    source: ImageSource,
+    writer: CacheWriter,
+    progress: Progress,
+    report: Report,
+    *,
+    compress: str,
+) -> None:
+    by_id = {image.image_id: image for image in images}
+    needed = sum(image.size for image in by_id.values())
+    ensure_free_space(writer.cache_dir, needed, f"caching {len(images)} images")
+    known_layers = known_layer_blobs(writer)
+    progress.start_image(1, 1, f"{len(by_id)} images from {source.description}", needed)
+    try:
+        copied = source.copy(
+            images,
+            writer,
+            compress=compress,
+            known_layers=known_layers,
+            on_bytes=progress.add_bytes,
+        )
+    except (EngineError, CacheError) as err:
+        if len(by_id) == 1 or isinstance(err, CacheError):
+            for image in images:
+                report.add(_outcome(image.wanted, FAILED, str(err)))
+            log.error("%s", err)
+            return
+        # One stream for all failed: find the image that breaks it, keep the others.
+        log.warning(
+            "exporting %d images at once failed (%s); trying one at a time", len(by_id), err
+        )
+        for image_id in by_id:
+            alone = [image for image in images if image.image_id == image_id]
+            _copy(alone, source, writer, progress, report, compress=compress)
+        return
+    checkpoint("blobs-durable")
+    entries = []
+    counted: set[str] = set()
+    for image in images:
+        result = copied[image.image_id]
+        entries.append(
+            CachedImage(
+                canonical=image.wanted.canonical,
+                refs=image.wanted.written,
+                descriptor=result.manifest,
+                image_id=image.image_id,
+                registry_digest=image.registry_digest,
+                platform=image.platform,
+            )
+        )
+        new_bytes = 0 if image.image_id in counted else result.new_bytes
+        counted.add(image.image_id)
+        outcome = _outcome(image.wanted, CACHED, bytes_written=new_bytes)
+        report.add(outcome)
+        progress.finish_image(outcome)
+    writer.put_images(entries)
+
+
+def known_layer_blobs(reader: CacheReader) -> dict[str, Descriptor]:
+    """Layer blobs the cache has, by diff ID, from every cached manifest and its config."""
+    known: dict[str, Descriptor] = {}
+    for image in reader.images():
+        for manifest in _platform_manifests(reader, image.descriptor):
+            try:
+                document = reader.read_json(manifest.digest)
+                config = reader.read_json(document["config"]["digest"])
+                diff_ids = config["rootfs"]["diff_ids"]
+                layers = [Descriptor.from_json(layer) for layer in document["layers"]]
+            except (ForkliftBootError, KeyError, TypeError):
+                continue  # a damaged entry: `cache verify` reports it
+            for diff_id, layer in zip(diff_ids, layers, strict=False):
+                if reader.has_blob(layer.digest):
+                    known.setdefault(diff_id, layer)
+    return known
+
+
+def _platform_manifests(reader: CacheReader, descriptor: Descriptor) -> Iterator[Descriptor]:
+    if descriptor.media_type not in INDEX_MEDIA_TYPES:
+        yield descriptor
+        return
+    try:
+        index = reader.read_json(descriptor.digest)
+    except ForkliftBootError:
+        return
+    for child in index.get("manifests") or []:
+        child_descriptor = Descriptor.from_json(child)
+        if reader.has_blob(child_descriptor.digest):
+            yield child_descriptor
+
+
+# Loading from the cache
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """A cached image, resolved to one platform manifest, and the refs it must answer to."""
+
+    wanted: Wanted
+    entry: CachedImage
+    manifest: Descriptor
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[str, ...]
+
+    @property
+    def image_id(self) -> str:
+        return self.config.digest
+
+    @property
+    def archive_size(self) -> int:
+        return self.manifest.size + self.config.size + sum(layer.size for layer in self.layers)
+
+
+class ImageTarget(Protocol):
+    description: str
+    platform: str
+
+    def resolve(self, ref: str) -> str | None:
+        """The image ID that the ref as written resolves to, or None."""
+        ...
+
+    def has_image(self, image_id: str) -> bool: ...
+
+    def ensure_space(self, plans: Sequence[LoadPlan]) -> None: ...
+
+    def load(
+        self, reader: CacheReader, plan: LoadPlan, *, thin: bool, on_bytes: ByteCounter
+    ) -> None: ...
+
+    def make_resolvable(
+        self, pending: Sequence[tuple[LoadPlan, ImageRef]], *, record_digests: bool
+    ) -> dict[str, str]:
+        """Tags and digest records so that each ref resolves; returns ref -> why it can't."""
+        ...
+
+
+def load_images(
+    required: Sequence[RequiredImage],
+    target: ImageTarget,
+    cache: ImageCache,
+    *,
+    thin: bool = True,
+    record_digests: bool = True,
+    progress: Progress | None = None,
+) -> Report:
+    """Loads what the target lacks (by image ID and by ref as written) from the cache."""
+    progress = progress or NoProgress()
+    report = Report("load")
+    outcomes: dict[str, ImageOutcome] = {}
+    with cache.reading() as reader:
+        plans: list[LoadPlan] = []
+        for item in group_by_canonical(required):
+            entry = reader.find(item.canonical)
+            if entry is None:
+                if all(target.resolve(ref) for ref in item.written):
+                    outcomes[item.canonical] = _outcome(item, PRESENT)
+                else:
+                    outcomes[item.canonical] = _missing(item, "not in the cache; cache it first")
+                continue
+            try:
+                plan = plan_load(reader, entry, item, target.platform)
+            except ForkliftBootError as err:
+                outcomes[item.canonical] = _outcome(item, FAILED, str(err))
+                continue
+            if _unresolved_refs(target, plan):
+                plans.append(plan)
+            else:
+                outcomes[item.canonical] = _outcome(item, PRESENT)
+        # Spellings of one image (tag, digest, both) share an image ID: load it once.
+        by_image: dict[str, list[LoadPlan]] = {}
+        for plan in plans:
+            by_image.setdefault(plan.image_id, []).append(plan)
+        to_load = [group for image_id, group in by_image.items() if not target.has_image(image_id)]
+        target.ensure_space([group[0] for group in to_load])
+        for index, group in enumerate(to_load, start=1):
+            merged = _merge_plans(group)
+            progress.start_image(index, len(to_load), merged.wanted.canonical, merged.archive_size)
+            try:
+                target.load(reader, merged, thin=thin, on_bytes=progress.add_bytes)
+                checkpoint("image-loaded")
+                status, detail = LOADED, ""
+            except (EngineError, CacheError) as err:
+                log.error("couldn't load %s: %s", merged.wanted.canonical, err)
+                status, detail = FAILED, str(err)
+            for position, plan in enumerate(group):
+                sent = merged.archive_size if position == 0 and status == LOADED else 0
+                outcomes[plan.wanted.canonical] = _outcome(
+                    plan.wanted, status, detail, bytes_written=sent
+                )
+        in_target = [
+            p for p in plans if outcomes.get(p.wanted.canonical, _NOT_YET).status != FAILED
+        ]
+        _make_resolvable(target, in_target, outcomes, record_digests=record_digests)
+    for item in group_by_canonical(required):
+        report.add(outcomes[item.canonical])
+        progress.finish_image(outcomes[item.canonical])
+    return report.finish()
+
+
+_NOT_YET = ImageOutcome("", (), "")
+
+
+def _make_resolvable(
+    target: ImageTarget,
+    plans: Sequence[LoadPlan],
+    outcomes: dict[str, ImageOutcome],
+    *,
+    record_digests: bool,
+) -> None:
+    pending = [(plan, ref) for plan in plans for ref in _unresolved_refs(target, plan)]
+    reasons = target.make_resolvable(pending, record_digests=record_digests) if pending else {}
+    for plan in plans:
+        still = _unresolved_refs(target, plan)
+        previous = outcomes.get(plan.wanted.canonical)
+        if still:
+            why = "; ".join(
+                f"{ref.written}: {reasons.get(ref.written, 'does not resolve')}" for ref in still
+            )
+            outcomes[plan.wanted.canonical] = _outcome(plan.wanted, UNRESOLVED, why)
+        elif previous is None:
+            outcomes[plan.wanted.canonical] = _outcome(plan.wanted, TAGGED)
+
+
+def _merge_plans(group: Sequence[LoadPlan]) -> LoadPlan:
+    """One plan for cache entries of the same image, answering to all their refs."""
+    refs = tuple(ref for plan in group for ref in plan.wanted.refs)
+    essential = any(plan.wanted.essential for plan in group)
+    return replace(group[0], wanted=Wanted(group[0].wanted.canonical, refs, essential))
+
+
+def _unresolved_refs(target: ImageTarget, plan: LoadPlan) -> list[ImageRef]:
+    return [ref for ref in plan.wanted.refs if target.resolve(ref.written) != plan.image_id]
+
+
+def plan_load(reader: CacheReader, entry: CachedImage, wanted: Wanted, platform: str) -> LoadPlan:
+    """Resolves a cache entry to the manifest for ``platform``, with its config and layers."""
+    manifest = entry.descriptor
+    if manifest.media_type in INDEX_MEDIA_TYPES:
+        manifest = _choose_platform(reader, entry, platform)
+    document: Any = reader.read_json(manifest.digest, expected_size=manifest.size)
+    try:
+        config = Descriptor.from_json(document["config"], f"config of {entry.canonical}")
+        layers = tuple(
+            Descriptor.from_json(layer, f"layer of {entry.canonical}")
+            for layer in document["layers"]
+        )
+    except (KeyError, TypeError) as err:
+        raise CacheError(
+            f"couldn't read the manifest of {entry.canonical}: it is malformed ({err}); "
+            "run `forklift-boot cache verify --repair`"
+        ) from err
+    config_document = reader.read_json(config.digest, expected_size=config.size)
+    diff_ids = tuple((config_document.get("rootfs") or {}).get("diff_ids") or ())
+    if len(diff_ids) != len(layers):
+        raise CacheError(f"couldn't load {entry.canonical}: its config and manifest disagree")
+    return LoadPlan(wanted, entry, manifest, config, layers, diff_ids)
+
+
+def _choose_platform(reader: CacheReader, entry: CachedImage, platform: str) -> Descriptor:
+    index = reader.read_json(entry.descriptor.digest, expected_size=entry.descriptor.size)
+    present = []
+    for child in index.get("manifests") or []:
+        descriptor = Descriptor.from_json(child, f"index of {entry.canonical}")
+        if reader.has_blob(descriptor.digest):
+            present.append(descriptor)
+            if _platform_of(descriptor) == platform:
+                return descriptor
+    cached = ", ".join(_platform_of(d) for d in present) or "none"
+    raise CacheError(
+        f"couldn't load {entry.canonical}: the cache has no {platform} manifest "
+        f"(cached: {cached}); cache it with --platform {platform}"
+    )
+
+
+def _platform_of(descriptor: Descriptor) -> str:
+    platform = descriptor.platform or {}
+    text = f"{platform.get('os', '')}/{platform.get('architecture', '')}"
+    return f"{text}/{platform['variant']}" if platform.get("variant") else text
+
+
+def _outcome(
+    item: Wanted, status: str, detail: str = "", *, bytes_written: int = 0
+) -> ImageOutcome:
+    return ImageOutcome(
+        name=item.canonical,
+        refs=item.written,
+        status=status,
+        detail=detail,
+        essential=item.essential,
+        bytes_written=bytes_written,
+    )
+
+
+def _missing(item: Wanted, detail: str) -> ImageOutcome:
+    if item.essential:
+        log.error("%s: %s", ", ".join(item.written), detail)
+    else:
+        log.warning("%s (needed only by a fallback bundle): %s", ", ".join(item.written), detail)
+    return _outcome(item, MISSING, detail)

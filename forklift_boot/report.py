@@ -1,0 +1,116 @@
+"""What a run did, image by image, and the progress interface that reports it while it runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from forklift_boot.cache import human_bytes
+
+# Per-image outcomes. Failing ones make the run exit with code 3 when the image is essential.
+CACHED, ALREADY_CACHED = "cached", "already cached"
+LOADED, PRESENT, TAGGED = "loaded", "present", "tagged"
+MISSING, FAILED, UNRESOLVED = "missing", "failed", "unresolved"
+FAILING = frozenset({MISSING, FAILED, UNRESOLVED})
+
+
+class Progress(Protocol):
+    """Live progress: the terminal shows it on one line, systemd as ``STATUS=``."""
+
+    def start_image(self, index: int, total: int, name: str, size: int) -> None: ...
+
+    def add_bytes(self, count: int) -> None: ...
+
+    def finish_image(self, outcome: ImageOutcome) -> None: ...
+
+
+class NoProgress:
+    def start_image(self, index: int, total: int, name: str, size: int) -> None:
+        pass
+
+    def add_bytes(self, count: int) -> None:
+        pass
+
+    def finish_image(self, outcome: ImageOutcome) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    name: str  # the canonical name of the cache entry
+    refs: tuple[str, ...]  # the refs as written
+    status: str
+    detail: str = ""
+    essential: bool = True
+    bytes_written: int = 0
+
+    @property
+    def is_failure(self) -> bool:
+        return self.status in FAILING and self.essential
+
+
+@dataclass
+class Report:
+    action: str  # "cache" or "load"
+    outcomes: list[ImageOutcome] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    def add(self, outcome: ImageOutcome) -> None:
+        self.outcomes.append(outcome)
+
+    def finish(self) -> Report:
+        self.finished = time.monotonic()
+        return self
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(outcome.bytes_written for outcome in self.outcomes)
+
+    @property
+    def failures(self) -> list[ImageOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.is_failure]
+
+    def count(self, *statuses: str) -> int:
+        return sum(outcome.status in statuses for outcome in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.failures else 0
+
+    def summary(self) -> str:
+        """``cached 11/12 images (3 new), 3.2 GiB written, 94 s; failed: x:1 (why)``."""
+        total = len(self.outcomes)
+        if self.action == "cache":
+            done = self.count(CACHED, ALREADY_CACHED)
+            line = (
+                f"cached {done}/{total} images ({self.count(CACHED)} new), "
+                f"{human_bytes(self.bytes_written)} written, {self.seconds:.1f} s"
+            )
+        else:
+            done = self.count(LOADED, PRESENT, TAGGED)
+            line = (
+                f"{done}/{total} images ready in Docker ({self.count(LOADED)} loaded, "
+                f"{self.count(TAGGED)} tagged, {self.count(PRESENT)} already there), "
+                f"{human_bytes(self.bytes_written)} sent to Docker, {self.seconds:.1f} s"
+            )
+        failures = _describe(self.failures)
+        warnings = _describe([o for o in self.outcomes if o.status in FAILING and not o.essential])
+        if failures:
+            line += f"; failed: {failures}"
+        if warnings:
+            line += f"; not needed now, but missing: {warnings}"
+        return line
+
+
+def _describe(outcomes: Sequence[ImageOutcome]) -> str:
+    return ", ".join(
+        f"{outcome.refs[0] if outcome.refs else outcome.name} ({outcome.detail or outcome.status})"
+        for outcome in outcomes
+    )
