@@ -43,7 +43,7 @@ class ImportedImage:
     manifest: Descriptor  # the OCI manifest forklift-boot wrote for it
     config: Mapping[str, Any]
     repo_tags: tuple[str, ...]
-    new_layer_bytes: int  # bytes of layer blobs that the cache did not have before
+    new_layer_bytes: int  # bytes of new layer blobs; a layer shared in the stream counts once
 
 
 @dataclass
@@ -63,6 +63,7 @@ class _SaveStream:
     config_docs: dict[str, Any] = field(default_factory=dict)
     new_config_bytes: dict[str, int] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)  # archive path -> path it links to
+    counted: set[str] = field(default_factory=set)  # new layers already credited to an image
     manifest: list[Any] | None = None
 
 
@@ -195,8 +196,18 @@ def _store_image(entry: Any, stream: _SaveStream) -> ImportedImage:
         manifest=manifest,
         config=document,
         repo_tags=tuple(entry.get("RepoTags") or ()),
-        new_layer_bytes=sum(layer.blob.size for layer in layers if layer.is_new),
+        new_layer_bytes=_credit_new_layers(layers, stream.counted),
     )
+
+
+def _credit_new_layers(layers: list[_Layer], counted: set[str]) -> int:
+    """Bytes of new layers not yet credited to another image of the stream (shared: once)."""
+    total = 0
+    for layer in layers:
+        if layer.is_new and layer.blob.digest not in counted:
+            counted.add(layer.blob.digest)
+            total += layer.blob.size
+    return total
 
 
 # Load archives

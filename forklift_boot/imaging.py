@@ -334,17 +334,17 @@ def load_images(
         for index, group in enumerate(to_load, start=1):
             merged = _merge_plans(group)
             progress.start_image(index, len(to_load), merged.wanted.canonical, merged.archive_size)
+            sent = _ByteCount(progress.add_bytes)
             try:
-                target.load(reader, merged, thin=thin, on_bytes=progress.add_bytes)
+                target.load(reader, merged, thin=thin, on_bytes=sent)
                 checkpoint("image-loaded")
                 status, detail = LOADED, ""
             except (EngineError, CacheError) as err:
                 log.error("couldn't load %s: %s", merged.wanted.canonical, err)
                 status, detail = FAILED, str(err)
             for position, plan in enumerate(group):
-                sent = merged.archive_size if position == 0 and status == LOADED else 0
                 outcomes[plan.wanted.canonical] = _outcome(
-                    plan.wanted, status, detail, bytes_written=sent
+                    plan.wanted, status, detail, bytes_written=sent.total if position == 0 else 0
                 )
         in_target = [
             p for p in plans if outcomes.get(p.wanted.canonical, _NOT_YET).status != FAILED
@@ -378,6 +378,18 @@ def _make_resolvable(
             outcomes[plan.wanted.canonical] = _outcome(plan.wanted, UNRESOLVED, why)
         elif previous is None:
             outcomes[plan.wanted.canonical] = _outcome(plan.wanted, TAGGED)
+
+
+class _ByteCount:
+    """Counts the bytes that really went to the target, and passes them on to progress."""
+
+    def __init__(self, then: ByteCounter) -> None:
+        self.total = 0
+        self.then = then
+
+    def __call__(self, count: int) -> None:
+        self.total += count
+        self.then(count)
 
 
 def _merge_plans(group: Sequence[LoadPlan]) -> LoadPlan:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import require_component
 from tests.testbed import images
+from tests.testbed.containerd import Containerd
 from tests.testbed.dockerd import DaemonFactory, DockerDaemon
 from tests.testbed.images import PublishedImage
 from tests.testbed.registry import Registry
@@ -97,3 +98,14 @@ def fresh_dockerd(registry: Registry, request: pytest.FixtureRequest) -> Iterato
     yield start
     for daemon in daemons:
         daemon.close()
+
+
+@pytest.fixture(scope="session")
+def containerd(request: pytest.FixtureRequest) -> Iterator[Containerd]:
+    """A standalone containerd on its own socket, driven with ctr."""
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        require_component(request.config, "needs containerd and ctr (apt-get install containerd)")
+    if os.geteuid() != 0:
+        require_component(request.config, "needs root to run containerd")
+    with Containerd() as daemon:
+        yield daemon
