@@ -36,7 +36,7 @@ IMAGES = {
 def build_context(ref: str, message: str) -> bytes:
     """FROM scratch + the static busybox (a layer every image shares) + one file of its own."""
     buffer = io.BytesIO()
-    name = ref.split("/")[1].split(":")[0]
+    name = ref.split("/")[1].split(":", maxsplit=1)[0]
     dockerfile = (
         "FROM scratch\nCOPY busybox /bin/busybox\n"
         f'COPY {name}.txt /srv/{name}.txt\nCMD ["/bin/busybox", "cat", "/srv/{name}.txt"]\n'
@@ -94,7 +94,7 @@ def main() -> int:
                 client = docker.DockerClient(base_url=host, timeout=600)
                 client.ping()
                 break
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 if dockerd.poll() is not None or time.monotonic() > deadline:
                     print((work / "dockerd.log").read_text()[-2000:], file=sys.stderr)
                     return 1
