@@ -22,6 +22,8 @@ class Settings:
     cache_dir: Path
     platform: str | None
     docker_host: str
+    notify_socket: bool  # systemd listens for sd_notify messages (NOTIFY_SOCKET is set)
+    is_systemd_unit: bool  # running as a systemd service (INVOCATION_ID is set)
 
 
 def workspace_dir(flag: str | None, env: Mapping[str, str]) -> Path:
@@ -87,4 +89,6 @@ def load_settings(
         cache_dir=cache_dir(cache, env, is_root=os.geteuid() == 0),
         platform=platform or env.get("FORKLIFT_PLATFORM") or None,
         docker_host=env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST,
+        notify_socket=bool(env.get("NOTIFY_SOCKET")),
+        is_systemd_unit=bool(env.get("INVOCATION_ID")),
     )

@@ -14,9 +14,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -62,17 +63,31 @@ def find_daemon(docker_host: str) -> DockerDaemon:
     )
 
 
+class UnitControl(Protocol):
+    """Stops and starts systemd units and waits for them (forklift_boot.systemd)."""
+
+    def stop(self, names: Sequence[str], timeout: float) -> None: ...
+
+    def start(self, names: Sequence[str], timeout: float) -> None: ...
+
+
 def restart_around(
     daemon: DockerDaemon,
     edit: Callable[[], None],
     wait_ready: Callable[[], None],
+    *,
+    units: UnitControl | None = None,
     checkpoint: Callable[[str], None] = lambda name: None,
 ) -> None:
     """Stops dockerd, runs ``edit``, starts dockerd again and waits until it answers.
 
-    Docker is started again whatever happens: by this function when ``edit`` fails, and by
-    the watchdog when forklift-boot itself is killed.
+    A dockerd that systemd runs is stopped and started through ``units`` (``docker.socket``
+    too, or a client's connection would start it again too early). Docker is started again
+    whatever happens: by this function when ``edit`` fails, and by the watchdog when
+    forklift-boot itself is killed.
     """
+    if daemon.systemd_unit and units is None:
+        raise EngineError("systemd runs Docker, but forklift-boot cannot reach systemd")
     spec: dict[str, object]
     if daemon.systemd_unit:
         spec = {"systemd_units": list(DOCKER_UNITS)}
@@ -85,13 +100,19 @@ def restart_around(
         }
     with _Watchdog(spec) as watchdog:
         log.info("stopping Docker (pid %d) to record digest references", daemon.pid)
-        _stop(daemon)
+        if units is not None and daemon.systemd_unit:
+            units.stop(DOCKER_UNITS, STOP_TIMEOUT)
+        else:
+            _stop(daemon)
         checkpoint("dockerd-stopped")
         try:
             edit()
             checkpoint("references-written")
         finally:
-            _start(daemon, spec)
+            if units is not None and daemon.systemd_unit:
+                units.start(DOCKER_UNITS, STOP_TIMEOUT)
+            else:
+                _start(daemon)
             checkpoint("dockerd-started")
             wait_ready()
         watchdog.release()
@@ -99,13 +120,10 @@ def restart_around(
 
 
 def _stop(daemon: DockerDaemon) -> None:
-    if daemon.systemd_unit:
-        subprocess.run(["systemctl", "stop", *DOCKER_UNITS], check=True, timeout=STOP_TIMEOUT)
-        return
     try:
         proc = psutil.Process(daemon.pid)
         proc.terminate()
-        proc.wait(timeout=STOP_TIMEOUT)
+        _wait_exited(proc, STOP_TIMEOUT)
     except psutil.NoSuchProcess:
         return
     except psutil.TimeoutExpired as err:
@@ -115,10 +133,22 @@ def _stop(daemon: DockerDaemon) -> None:
         ) from err
 
 
-def _start(daemon: DockerDaemon, spec: dict[str, object]) -> None:
-    if daemon.systemd_unit:
-        subprocess.run(["systemctl", "start", *DOCKER_UNITS], check=True, timeout=STOP_TIMEOUT)
-        return
+def _wait_exited(proc: psutil.Process, timeout: float) -> None:
+    """Until the process has exited, zombie or not: a dockerd that is not our child stays a
+    zombie until its own parent reaps it, and psutil's ``wait()`` waits for that too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=0.1)
+            return
+        except psutil.TimeoutExpired:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+            if time.monotonic() > deadline:
+                raise
+
+
+def _start(daemon: DockerDaemon) -> None:
     log_path = daemon.log_path
     with open(log_path, "ab") if log_path else open(os.devnull, "wb") as output:
         subprocess.Popen(

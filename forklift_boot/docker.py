@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -49,14 +49,19 @@ class ImageInfo:
 class DockerEngine:
     """A Docker daemon reached through its Engine API."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, before_connect: Callable[[], None] | None = None) -> None:
         self.base_url = base_url
         self._api: docker.APIClient | None = None
+        # e.g. waiting for docker.service, run only if the command needs Docker at all.
+        self._before_connect = before_connect
 
     @property
     def api(self) -> docker.APIClient:
         """Connects on first use: a run with nothing to do never needs Docker."""
         if self._api is None:
+            if self._before_connect is not None:
+                self._before_connect()
+                self._before_connect = None
             try:
                 # "auto": Docker 20.10 refuses clients newer than its API 1.41.
                 self._api = docker.APIClient(

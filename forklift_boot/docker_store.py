@@ -17,10 +17,11 @@ from forklift_boot.cache import (
     ensure_free_space,
 )
 from forklift_boot.docker import DockerEngine, EngineInfo, ImageInfo
-from forklift_boot.errors import EngineError, ImageRefError
+from forklift_boot.errors import EngineError, ForkliftBootError, ImageRefError
 from forklift_boot.faults import checkpoint
 from forklift_boot.imaging import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
 from forklift_boot.refs import ImageRef, parse_image_ref
+from forklift_boot.systemd import SystemdManager
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,10 @@ class DockerTarget:
                     process,
                     edit=lambda: refstore.add_references(path, missing),
                     wait_ready=self._wait_until_ready,
+                    units=SystemdManager() if process.systemd_unit else None,
                     checkpoint=checkpoint,
                 )
-        except (EngineError, OSError) as err:
+        except (ForkliftBootError, OSError) as err:
             return every(f"couldn't record it: {err}")
         return {}
 

@@ -260,6 +260,19 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("ref", metavar="image_ref")
     export.add_argument("-o", "--output", required=True, metavar="FILE", help="'-' for stdout")
     export.add_argument("--format", choices=["docker", "oci"], default="docker")
+
+    status = _command(
+        commands,
+        "status",
+        None,
+        "Shows the units' last runs and the cache",
+        description=(
+            "Shows each forklift-boot unit's last result, time and last status message (from "
+            "systemd), and a summary of the cache."
+        ),
+        handler=commands_.status,
+    )
+    _add_bool(status, "--json", "print JSON")
     return parser
 
 

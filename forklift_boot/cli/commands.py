@@ -14,13 +14,15 @@ from forklift_boot import requirements
 from forklift_boot.archive import ArchiveImage, write_docker_archive, write_load_archive
 from forklift_boot.cache import CachedImage, ImageCache, human_bytes
 from forklift_boot.cli.output import TerminalProgress, print_report
-from forklift_boot.config import Settings
+from forklift_boot.config import DEFAULT_DOCKER_HOST, Settings
 from forklift_boot.docker import DockerEngine
 from forklift_boot.docker_store import DockerSource, DockerTarget
 from forklift_boot.errors import ForkliftBootError, ImageRefError, UsageError
 from forklift_boot.imaging import Wanted, cache_images, load_images, plan_load
 from forklift_boot.refs import parse_image_ref
+from forklift_boot.report import Progress, Report
 from forklift_boot.requirements import RequiredImage
+from forklift_boot.systemd import SystemdManager, SystemdProgress, notify
 
 log = logging.getLogger("forklift_boot")
 
@@ -100,18 +102,18 @@ def _list_status(
 
 def cache_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     images = required_images(args, settings)
-    engine = DockerEngine(settings.docker_host)
+    engine = _docker(settings)
     try:
         report = cache_images(
             images,
             DockerSource(engine),
             ImageCache(settings.cache_dir),
             compress=args.compress,
-            progress=TerminalProgress("caching"),
+            progress=_progress("caching", settings),
         )
     finally:
         engine.close()
-    print_report(report, out, as_json=args.json)
+    _finish(report, settings, out, as_json=args.json)
     return report.exit_code
 
 
@@ -126,7 +128,7 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
             # What `forklift stage apply` will apply: next, or current once next failed.
             args.bundles = ",".join(requirements.applied_bundle_selector(settings.stage_store_dir))
         images = required_images(args, settings)
-    engine = DockerEngine(settings.docker_host)
+    engine = _docker(settings)
     try:
         target = DockerTarget(engine, engine.info())
         report = load_images(
@@ -135,12 +137,75 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
             cache,
             thin=args.thin,
             record_digests=args.record_digests,
-            progress=TerminalProgress("loading"),
+            progress=_progress("loading", settings),
         )
     finally:
         engine.close()
-    print_report(report, out, as_json=args.json)
+    _finish(report, settings, out, as_json=args.json)
     return report.exit_code
+
+
+def status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Each unit's last run (result, time, last STATUS=) and a summary of the cache."""
+    manager = SystemdManager()
+    units: list[dict[str, Any]] = []
+    for name in UNITS:
+        try:
+            units.append(manager.unit_state(name).to_json())
+        except ForkliftBootError as err:
+            units.append({"unit": name, "error": str(err)})
+    with ImageCache(settings.cache_dir).reading() as reader:
+        images = reader.images()
+        sizes = {d.digest: d.size for image in images for d in reader.referenced_blobs(image)}
+    total = sum(sizes.values())
+    cache = {"directory": str(settings.cache_dir), "images": len(images), "size": total}
+    if args.json:
+        json.dump({"units": units, "cache": cache}, out, indent=2)
+        out.write("\n")
+        return 0
+    for unit in units:
+        out.write(f"{unit['unit']}:\n")
+        if "error" in unit:
+            out.write(f"  Error: {unit['error']}\n")
+            continue
+        out.write(f"  State: {unit['active_state']} ({unit['sub_state']})\n")
+        out.write(f"  Last result: {unit['result']}")
+        out.write(
+            f" (exit status {unit['exit_status']})\n" if unit["exit_status"] is not None else "\n"
+        )
+        out.write(f"  Last run: {unit['last_run'] or '(never)'}\n")
+        out.write(f"  Last status: {unit['status'] or '(none)'}\n")
+    out.write(f"Cache: {cache['directory']}\n")
+    out.write(f"  Images: {len(images)}\n  Size: {human_bytes(total)}\n")
+    return 0
+
+
+UNITS = ("forklift-boot-cache-img.service", "forklift-boot-load-img.service")
+DOCKER_WAIT_SECONDS = 300
+
+
+def _docker(settings: Settings) -> DockerEngine:
+    """The Docker engine; as a systemd unit, first wait (bounded) for docker.service."""
+    wait = None
+    if settings.is_systemd_unit and settings.docker_host == DEFAULT_DOCKER_HOST:
+
+        def wait() -> None:
+            SystemdManager().wait_active("docker.service", DOCKER_WAIT_SECONDS)
+
+    return DockerEngine(settings.docker_host, before_connect=wait)
+
+
+def _progress(verb: str, settings: Settings) -> Progress:
+    progress: Progress = TerminalProgress(verb)
+    if settings.notify_socket:
+        progress = SystemdProgress(verb, progress)
+    return progress
+
+
+def _finish(report: Report, settings: Settings, out: TextIO, *, as_json: bool) -> None:
+    print_report(report, out, as_json=as_json)
+    if settings.notify_socket:
+        notify(f"STATUS={report.summary()}")
 
 
 def _cached_as_required(cache: ImageCache) -> list[RequiredImage]:
@@ -214,7 +279,7 @@ def cache_verify(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     if damaged:
         log.info("copying %d damaged images again from Docker", len(damaged))
         refs = sorted({ref for image in damaged for ref in (image.refs or (image.canonical,))})
-        engine = DockerEngine(settings.docker_host)
+        engine = _docker(settings)
         report = cache_images(
             requirements.list_given_images(refs, "the damaged cache entries"),
             DockerSource(engine),
