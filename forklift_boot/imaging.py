@@ -306,9 +306,10 @@ def load_images(
     progress = progress or NoProgress()
     report = Report("load")
     outcomes: dict[str, ImageOutcome] = {}
+    wanted = group_by_canonical(required)
     with cache.reading() as reader:
         plans: list[LoadPlan] = []
-        for item in group_by_canonical(required):
+        for item in wanted:
             entry = reader.find(item.canonical)
             if entry is None:
                 if all(target.resolve(ref) for ref in item.written):
@@ -346,17 +347,13 @@ def load_images(
                 outcomes[plan.wanted.canonical] = _outcome(
                     plan.wanted, status, detail, bytes_written=sent.total if position == 0 else 0
                 )
-        in_target = [
-            p for p in plans if outcomes.get(p.wanted.canonical, _NOT_YET).status != FAILED
-        ]
+        failed = {name for name, outcome in outcomes.items() if outcome.status == FAILED}
+        in_target = [plan for plan in plans if plan.wanted.canonical not in failed]
         _make_resolvable(target, in_target, outcomes, record_digests=record_digests)
-    for item in group_by_canonical(required):
+    for item in wanted:
         report.add(outcomes[item.canonical])
         progress.finish_image(outcomes[item.canonical])
     return report.finish()
-
-
-_NOT_YET = ImageOutcome("", (), "")
 
 
 def _make_resolvable(
