@@ -72,3 +72,14 @@ def booted(
     sweep_stale()  # copies left by killed sessions (CI reuses the machine)
     with BootedContainer(rootfs, art_dir=tmp_path_factory.mktemp("art")) as container:
         yield container
+
+
+# The loopback registry and the images published to it (tests/integration/conftest.py).
+from tests.integration.conftest import (  # noqa: E402
+    docker_client,
+    dockerd,
+    published_images,
+    registry,
+)
+
+__all__ = ["booted", "docker_client", "dockerd", "published_images", "registry", "rootfs"]
