@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ class Settings:
     docker_host: str
     notify_socket: bool  # systemd listens for sd_notify messages (NOTIFY_SOCKET is set)
     is_systemd_unit: bool  # running as a systemd service (INVOCATION_ID is set)
+    # Docker's client config (config.json: registry credentials, credential helpers).
+    docker_config_dir: Path | None = None
 
 
 def workspace_dir(flag: str | None, env: Mapping[str, str]) -> Path:
@@ -74,6 +77,28 @@ def cache_dir(
     return Path(platformdirs.user_cache_dir("forklift")) / "images"
 
 
+def docker_config_dir(env: Mapping[str, str]) -> Path | None:
+    """``$DOCKER_CONFIG``, else ``~/.docker``, where the Docker CLI keeps config.json."""
+    if env.get("DOCKER_CONFIG"):
+        return Path(env["DOCKER_CONFIG"])
+    if env.get("HOME"):
+        return Path(env["HOME"]) / ".docker"
+    return None
+
+
+def dpkg_architecture() -> str | None:
+    """``dpkg --print-architecture`` (the OS's architecture, armhf on a 64-bit Pi kernel), or
+    None where there is no dpkg."""
+    try:
+        result = subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = result.stdout.decode("ascii", "replace").strip()
+    return text if result.returncode == 0 and text else None
+
+
 def load_settings(
     *,
     workspace: str | None,
@@ -91,4 +116,5 @@ def load_settings(
         docker_host=env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST,
         notify_socket=bool(env.get("NOTIFY_SOCKET")),
         is_systemd_unit=bool(env.get("INVOCATION_ID")),
+        docker_config_dir=docker_config_dir(env),
     )

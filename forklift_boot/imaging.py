@@ -20,8 +20,15 @@ from forklift_boot.cache import (
     ImageCache,
     ensure_free_space,
 )
-from forklift_boot.errors import CacheError, EngineError, ForkliftBootError
+from forklift_boot.errors import (
+    CacheError,
+    EngineError,
+    EngineUnavailableError,
+    ForkliftBootError,
+    RegistryError,
+)
 from forklift_boot.faults import checkpoint
+from forklift_boot.platforms import best_match, parse_platform, platform_of
 from forklift_boot.refs import ImageRef
 from forklift_boot.report import (
     ALREADY_CACHED,
@@ -113,8 +120,70 @@ class ImageSource(Protocol):
         known_layers: Mapping[str, Descriptor],
         on_bytes: ByteCounter,
     ) -> dict[str, CopiedImage]:
-        """Copies the images into the cache's blobs; returns them by image ID."""
+        """Copies the images into the cache's blobs; returns them by image ID.
+
+        A source whose entries of one image differ (a registry's platform manifest for a tag,
+        its image index for a pinned digest) also keys them by canonical name, which wins.
+        """
         ...
+
+
+class ReadThroughSource:
+    """``--from auto``: what the first source (Docker) has, from there; the rest from the
+    second (registries). A first source that can't be reached is skipped with a warning."""
+
+    def __init__(
+        self,
+        first: ImageSource,
+        second: ImageSource,
+        *,
+        accept: Callable[[SourceImage], bool] = lambda image: True,
+    ) -> None:
+        self.first = first
+        self.second = second
+        self.accept = accept  # e.g. only images of the wanted platform from Docker
+        self.description = f"{first.description} or {second.description}"
+        self._first_down = False
+        self._from_first: set[str] = set()
+
+    def find(self, wanted: Wanted) -> SourceImage | None:
+        if not self._first_down:
+            try:
+                found = self.first.find(wanted)
+            except EngineUnavailableError as err:
+                log.warning("%s; fetching every image from %s", err, self.second.description)
+                self._first_down = True
+                found = None
+            if found is not None and self.accept(found):
+                self._from_first.add(wanted.canonical)
+                return found
+        return self.second.find(wanted)
+
+    def copy(
+        self,
+        images: Sequence[SourceImage],
+        writer: CacheWriter,
+        *,
+        compress: str,
+        known_layers: Mapping[str, Descriptor],
+        on_bytes: ByteCounter,
+    ) -> dict[str, CopiedImage]:
+        copied: dict[str, CopiedImage] = {}
+        for source, part in (
+            (self.first, [i for i in images if i.wanted.canonical in self._from_first]),
+            (self.second, [i for i in images if i.wanted.canonical not in self._from_first]),
+        ):
+            if part:
+                copied.update(
+                    source.copy(
+                        part,
+                        writer,
+                        compress=compress,
+                        known_layers=known_layers,
+                        on_bytes=on_bytes,
+                    )
+                )
+        return copied
 
 
 def cache_images(
@@ -141,7 +210,13 @@ def cache_images(
                     renamed.append(replace(entry, refs=refs))
                 report.add(_outcome(item, ALREADY_CACHED))
                 continue
-            found = source.find(item)
+            try:
+                found = source.find(item)
+            except RegistryError as err:
+                # One image a registry can't serve must not stop the others.
+                log.error("%s", err)
+                report.add(_outcome(item, FAILED, str(err)))
+                continue
             if found is None:
                 report.add(_missing(item, f"neither {source.description} nor the cache has it"))
             else:
@@ -178,7 +253,7 @@ def _copy(
             known_layers=known_layers,
             on_bytes=progress.add_bytes,
         )
-    except (EngineError, CacheError) as err:
+    except (EngineError, RegistryError, CacheError) as err:
         if len(by_id) == 1 or isinstance(err, CacheError):
             for image in images:
                 report.add(_outcome(image.wanted, FAILED, str(err)))
@@ -196,7 +271,7 @@ def _copy(
     entries = []
     counted: set[str] = set()
     for image in images:
-        result = copied[image.image_id]
+        result = copied.get(image.wanted.canonical) or copied[image.image_id]
         entries.append(
             CachedImage(
                 canonical=image.wanted.canonical,
@@ -425,14 +500,21 @@ def plan_load(reader: CacheReader, entry: CachedImage, wanted: Wanted, platform:
 
 
 def _choose_platform(reader: CacheReader, entry: CachedImage, platform: str) -> Descriptor:
+    """The cached manifest that ``platform`` prefers, matched as containerd does
+    (``linux/arm64`` takes ``linux/arm64/v8``, ``linux/arm/v7`` takes ``linux/arm/v6``)."""
     index = reader.read_json(entry.descriptor.digest, expected_size=entry.descriptor.size)
     present = []
     for child in index.get("manifests") or []:
         descriptor = Descriptor.from_json(child, f"index of {entry.canonical}")
         if reader.has_blob(descriptor.digest):
             present.append(descriptor)
-            if _platform_of(descriptor) == platform:
-                return descriptor
+    try:
+        wanted = parse_platform(platform)
+    except ValueError as err:
+        raise CacheError(f"couldn't load {entry.canonical}: {err}") from err
+    chosen = best_match(wanted, [(platform_of(d.platform), d) for d in present])
+    if chosen is not None:
+        return chosen
     cached = ", ".join(_platform_of(d) for d in present) or "none"
     raise CacheError(
         f"couldn't load {entry.canonical}: the cache has no {platform} manifest "

@@ -28,6 +28,7 @@ from forklift_boot.cache.media import (
     MEDIA_OCI_LAYER_GZIP,
     MEDIA_OCI_LAYER_ZSTD,
     MEDIA_OCI_MANIFEST,
+    NONDISTRIBUTABLE_LAYER_MEDIA_TYPES,
 )
 from forklift_boot.cache.reader import MAX_JSON_BLOB_SIZE, CacheReader
 from forklift_boot.cache.space import ensure_free_space, human_bytes
@@ -57,6 +58,7 @@ __all__ = [
     "MEDIA_OCI_LAYER_GZIP",
     "MEDIA_OCI_LAYER_ZSTD",
     "MEDIA_OCI_MANIFEST",
+    "NONDISTRIBUTABLE_LAYER_MEDIA_TYPES",
     "BlobWriter",
     "CacheReader",
     "CacheWriter",

@@ -69,6 +69,12 @@ class BlobWriter:
         """Bytes written so far."""
         return self._size
 
+    @property
+    def digest(self) -> str:
+        """The digest of the bytes written so far (a registry download checks it before
+        committing, so a corrupt transfer is told apart from a failing disk)."""
+        return f"sha256:{self._hasher.hexdigest()}"
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._check_writable()
         try:

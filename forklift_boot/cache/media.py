@@ -24,6 +24,7 @@ __all__ = [
     "MEDIA_OCI_LAYER_GZIP",
     "MEDIA_OCI_LAYER_ZSTD",
     "MEDIA_OCI_MANIFEST",
+    "NONDISTRIBUTABLE_LAYER_MEDIA_TYPES",
 ]
 
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -39,6 +40,17 @@ MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 MEDIA_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MEDIA_DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+# Layers that only their origin may serve (Windows base layers, listed with `urls`): a registry
+# copy leaves them out, so an entry may lack them.
+NONDISTRIBUTABLE_LAYER_MEDIA_TYPES = frozenset(
+    {
+        MEDIA_DOCKER_LAYER_FOREIGN,
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
 
 # Documents whose "manifests" list points at per-platform manifests (or further indexes).
 INDEX_MEDIA_TYPES = frozenset({MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST_LIST})

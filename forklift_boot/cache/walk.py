@@ -7,7 +7,11 @@ from typing import Any, Protocol
 
 from forklift_boot.cache.blobs import DamagedBlobError
 from forklift_boot.cache.descriptors import Descriptor
-from forklift_boot.cache.media import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES
+from forklift_boot.cache.media import (
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    NONDISTRIBUTABLE_LAYER_MEDIA_TYPES,
+)
 from forklift_boot.errors import CacheError
 
 __all__ = [
@@ -132,8 +136,12 @@ def walk_blobs(source: BlobSource, root: Descriptor) -> BlobWalk:
         if role == ROLE_MANIFEST:
             walk.manifest_count += 1
         for child, child_role in children:
-            # An index lists every platform; only the cached ones are present.
-            visit(child, child_role, is_optional=role == ROLE_INDEX)
+            # An index lists every platform; only the cached ones are present. Layers only
+            # their origin may serve are left out of a registry copy.
+            is_optional = role == ROLE_INDEX or (
+                child_role == ROLE_LAYER and child.media_type in NONDISTRIBUTABLE_LAYER_MEDIA_TYPES
+            )
+            visit(child, child_role, is_optional=is_optional)
 
     visit(root, root_role, is_optional=False)
     return walk

@@ -17,6 +17,7 @@ from forklift_boot.cli.output import configure_logging
 from forklift_boot.errors import ForkliftBootError
 
 DEFAULT_COMPRESSION = "gzip"
+DEFAULT_JOBS = 4
 
 log = logging.getLogger("forklift_boot")
 
@@ -165,17 +166,48 @@ def _build_parser() -> argparse.ArgumentParser:
         commands,
         "cache-img",
         "cache-images",
-        "Copies the required images out of Docker into the image cache",
+        "Copies the required images out of Docker or from registries into the image cache",
         description=(
             "Copies every required image that the cache lacks out of Docker (DOCKER_HOST "
-            "honoured), with one `docker save` stream. From the stage store it keeps every bundle "
-            "a device may fall back to."
+            "honoured), with one `docker save` stream, or with --from registry from the images' "
+            "registries with no daemon. From the stage store it keeps every bundle a device may "
+            "fall back to."
         ),
         handler=commands_.cache_images_command,
     )
     _add_source_options(cache_img)
     _add_compress(cache_img)
     _add_bool(cache_img, "--json", "print the report as JSON on stdout")
+    fetch = cache_img.add_argument_group("where images come from")
+    fetch.add_argument(
+        "--from",
+        dest="source",
+        choices=["docker", "registry", "auto"],
+        default="docker",
+        help="docker: copy out of Docker (default); registry: fetch from the images' registries, "
+        "no daemon needed; auto: from Docker what it has (for the platform), the rest from "
+        "registries",
+    )
+    _add_bool(
+        fetch,
+        "--all-platforms",
+        "keep every platform of a multi-platform image (--from registry/auto)",
+    )
+    fetch.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"blobs downloaded at once (default {DEFAULT_JOBS})",
+    )
+    fetch.add_argument(
+        "--registry-mirror",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a Docker Hub mirror to try before docker.io (repeatable; as dockerd's option)",
+    )
+    _add_bool(fetch, "--offline", "never touch the network (registries refuse, Docker still works)")
 
     load_img = _command(
         commands,
@@ -291,6 +323,16 @@ def _command(
     parser.set_defaults(handler=handler)
     _add_global_options(parser, in_command=True)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _add_compress(parser: argparse.ArgumentParser) -> None:

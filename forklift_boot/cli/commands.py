@@ -6,20 +6,32 @@ import argparse
 import json
 import logging
 import os
+import platform as pyplatform
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from forklift_boot import requirements
 from forklift_boot.archive import ArchiveImage, write_docker_archive, write_load_archive
-from forklift_boot.cache import CachedImage, ImageCache, human_bytes
+from forklift_boot.cache import CachedImage, CacheReader, ImageCache, human_bytes
 from forklift_boot.cli.output import TerminalProgress, print_report
-from forklift_boot.config import DEFAULT_DOCKER_HOST, Settings
+from forklift_boot.config import DEFAULT_DOCKER_HOST, Settings, dpkg_architecture
 from forklift_boot.docker import DockerEngine
 from forklift_boot.docker_store import DockerSource, DockerTarget
-from forklift_boot.errors import ForkliftBootError, ImageRefError, UsageError
-from forklift_boot.imaging import Wanted, cache_images, load_images, plan_load
+from forklift_boot.errors import CacheError, ForkliftBootError, ImageRefError, UsageError
+from forklift_boot.imaging import (
+    ImageSource,
+    ReadThroughSource,
+    Wanted,
+    cache_images,
+    load_images,
+    plan_load,
+)
+from forklift_boot.platforms import default_platform, format_platform, matches, parse_platform
 from forklift_boot.refs import parse_image_ref
+from forklift_boot.registry import RegistryClient
+from forklift_boot.registry_auth import CredentialStore
+from forklift_boot.registry_store import RegistrySource
 from forklift_boot.report import Progress, Report
 from forklift_boot.requirements import RequiredImage
 from forklift_boot.systemd import SystemdManager, SystemdProgress, notify
@@ -101,20 +113,81 @@ def _list_status(
 
 
 def cache_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if args.source == "docker" and (args.all_platforms or args.registry_mirror):
+        flag = "--all-platforms" if args.all_platforms else "--registry-mirror"
+        raise UsageError(f"{flag} applies to --from registry or --from auto")
     images = required_images(args, settings)
-    engine = _docker(settings)
+    # Fetching from registries needs no daemon: don't wait for docker.service there.
+    engine = _docker(settings) if args.source != "registry" else DockerEngine(settings.docker_host)
+    client: RegistryClient | None = None
     try:
+        source: ImageSource = DockerSource(engine)
+        if args.source != "docker":
+            platform = _fetch_platform(settings, engine)
+            try:
+                client = RegistryClient(
+                    mirrors=args.registry_mirror,
+                    credentials=CredentialStore(settings.docker_config_dir),
+                    offline=args.offline,
+                )
+            except ValueError as err:
+                raise UsageError(str(err)) from err
+            registry = RegistrySource(
+                client,
+                platform,
+                all_platforms=args.all_platforms,
+                jobs=args.jobs,
+                cache_dir=settings.cache_dir,
+            )
+            if args.source == "registry":
+                source = registry
+            else:
+                source = ReadThroughSource(
+                    source, registry, accept=lambda image: _is_platform(image.platform, platform)
+                )
         report = cache_images(
             images,
-            DockerSource(engine),
+            source,
             ImageCache(settings.cache_dir),
             compress=args.compress,
             progress=_progress("caching", settings),
         )
     finally:
         engine.close()
+        if client is not None:
+            client.close()
     _finish(report, settings, out, as_json=args.json)
     return report.exit_code
+
+
+def _fetch_platform(settings: Settings, engine: DockerEngine) -> str:
+    """``--platform``/``FORKLIFT_PLATFORM``, else Docker's platform when it answers, else
+    dpkg's architecture, else the machine's."""
+    if settings.platform:
+        try:
+            return format_platform(settings.platform)
+        except ValueError as err:
+            raise UsageError(f"--platform: {err}") from err
+    docker_platform = None
+    if engine.is_answering():
+        try:
+            docker_platform = engine.info().platform
+        except ForkliftBootError:
+            docker_platform = None
+    platform = default_platform(docker_platform, dpkg_architecture(), pyplatform.machine())
+    log.info(
+        "fetching images for %s (%s; --platform chooses another)",
+        platform,
+        "Docker's platform" if docker_platform else "this machine's",
+    )
+    return platform
+
+
+def _is_platform(found: str, wanted: str) -> bool:
+    try:
+        return matches(parse_platform(wanted), parse_platform(found))
+    except ValueError:
+        return True  # Docker named a platform we can't read: take its image
 
 
 def load_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -267,11 +340,7 @@ def cache_verify(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     with cache.writing() as writer:
         before = {image.canonical: image for image in writer.images()}
         removed = writer.repair()
-        damaged = [
-            image
-            for image in before.values()
-            if any(not writer.has_blob(d.digest) for d in writer.referenced_blobs(image))
-        ]
+        damaged = [image for image in before.values() if _is_incomplete(writer, image)]
         writer.remove_images([image.canonical for image in damaged])
     for digest in removed:
         out.write(f"removed damaged blob {digest}\n")
@@ -293,6 +362,15 @@ def cache_verify(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         remaining = reader.verify()
     out.writelines(problem + "\n" for problem in remaining)
     return 1 if remaining else code
+
+
+def _is_incomplete(reader: CacheReader, image: CachedImage) -> bool:
+    """A blob of the image is missing or damaged (``referenced_blobs`` raises then)."""
+    try:
+        reader.referenced_blobs(image)
+    except CacheError:
+        return True
+    return False
 
 
 def cache_delete(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

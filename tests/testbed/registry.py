@@ -49,11 +49,14 @@ def tail(path: Path, lines: int = 20) -> str:
 class Registry:
     """``docker-registry serve`` on ``127.0.0.1:<port>``; stop/start keeps the port and the blobs."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, storage: Path | None = None, extra_config: str = "") -> None:
+        """``storage``: serve another registry's blobs and manifests (e.g. the same images behind
+        authentication); ``extra_config``: more top-level YAML sections (``auth:``,
+        ``validation:``)."""
         self.dir = Path(tempfile.mkdtemp(prefix="fb-r"))
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.storage = self.dir / "storage"
+        self.storage = storage or self.dir / "storage"
         self.log_path = self.dir / "registry.log"
         self.config_path = self.dir / "config.yml"
         # delete.enabled lets tests remove manifests (DELETE /v2/<repo>/manifests/<digest>).
@@ -63,7 +66,7 @@ class Registry:
             "storage:\n"
             f"  filesystem:\n    rootdirectory: {self.storage}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n"
+            f"http:\n  addr: {self.host}\n" + extra_config
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -94,6 +97,9 @@ class Registry:
                 with _OPENER.open(f"{self.url}/v2/", timeout=2) as response:
                     if response.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # behind authentication: it answers, so it is ready
+                    return
             except OSError:  # URLError/ConnectionRefused until it listens
                 pass
             if time.monotonic() > deadline:
