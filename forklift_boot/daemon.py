@@ -100,6 +100,7 @@ def restart_around(
         }
     with _Watchdog(spec) as watchdog:
         log.info("stopping Docker (pid %d) to record digest references", daemon.pid)
+        watchdog.stopping(daemon.pid)
         if units is not None and daemon.systemd_unit:
             units.stop(DOCKER_UNITS, STOP_TIMEOUT)
         else:
@@ -184,6 +185,12 @@ class _Watchdog:
         if self.proc.stdout.readline().strip() != "ready":
             raise EngineError("couldn't start the watchdog that restarts Docker; nothing changed")
         return self
+
+    def stopping(self, pid: int) -> None:
+        """dockerd is about to be stopped: if we die, the watchdog waits for it to exit."""
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.write(f"stopping {pid}\n")
+            self.proc.stdin.flush()
 
     def release(self) -> None:
         """Docker runs again: the watchdog may go."""

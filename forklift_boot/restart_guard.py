@@ -3,7 +3,9 @@
 forklift-boot starts it (``python -m forklift_boot.restart_guard``) before stopping dockerd and
 keeps a pipe to its standard input open. On ``done`` it exits; on end of input without ``done``
 (forklift-boot was killed: the kernel closed the pipe) it starts Docker the way the spec on the
-first line says, unless Docker already runs. Nothing here may depend on forklift-boot's state.
+first line says, unless Docker already runs. ``stopping <pid>`` says that dockerd was asked to
+stop: a dockerd that is still shutting down is waited for first, since it would look running and
+then be gone. Nothing here may depend on forklift-boot's state.
 """
 
 from __future__ import annotations
@@ -11,9 +13,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import psutil
+
+STOP_TIMEOUT = 90.0  # as long as forklift-boot gives dockerd to stop
+
+
+def wait_exited(pid: int, timeout: float) -> None:
+    """Until the process has exited (a zombie has), or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.1)
 
 
 def is_running(argv: list[str]) -> bool:
@@ -47,9 +64,16 @@ def main() -> int:
     spec = json.loads(sys.stdin.readline())
     # Signal readiness, so that forklift-boot stops Docker only once the guard is watching.
     print("ready", flush=True)
+    stopping: tuple[int, float] | None = None
     for line in sys.stdin:
-        if line.strip() == "done":
+        words = line.split()
+        if words == ["done"]:
             return 0
+        if len(words) == 2 and words[0] == "stopping" and words[1].isdigit():
+            stopping = (int(words[1]), time.monotonic() + STOP_TIMEOUT)
+    if stopping is not None:
+        pid, deadline = stopping
+        wait_exited(pid, deadline - time.monotonic())
     start_docker(spec)
     return 0
 

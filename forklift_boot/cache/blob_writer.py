@@ -62,7 +62,17 @@ class BlobWriter:
             )
         except OSError as err:
             raise cache_os_error("create a blob in", blobs_dir, err) from err
-        self._file = os.fdopen(fd, "wb", buffering=BUFFER_SIZE)
+        except BaseException:
+            # SIGTERM's SystemExit right after the file was created: nothing may stay behind.
+            remove_quietly(self._temp_path)
+            raise
+        try:
+            self._file = os.fdopen(fd, "wb", buffering=BUFFER_SIZE)
+        except BaseException:
+            with contextlib.suppress(OSError):  # fdopen's file object may have closed it
+                os.close(fd)
+            remove_quietly(self._temp_path)
+            raise
 
     @property
     def size(self) -> int:

@@ -51,4 +51,3 @@ def test_progress_reports_status_and_extends_the_timeout(notify_socket: socket.s
 def test_notify_sends_the_summary(notify_socket: socket.socket) -> None:
     systemd.notify("STATUS=cached 2/2 images (0 new), 0 B written, 0.1 s")
     assert received(notify_socket) == ["STATUS=cached 2/2 images (0 new), 0 B written, 0.1 s"]
-
