@@ -1,0 +1,1 @@
+"""Benchmarks, run by hand and never in CI (docs/benchmarks.md)."""

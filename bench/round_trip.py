@@ -1,0 +1,947 @@
+"""Times forklift-boot's cache round trip against its peers, all in one run (by hand, not in CI).
+
+    sudo .venv/pypi/bin/python -m bench.round_trip [--scale 1.0] [--runs 1] [--json FILE]
+
+Run from the repository root, as root (it starts its own dockerd and drops the page cache);
+--scale 1 takes 12-16 minutes on a 2-core VM, --scale 0.1 about 2. Results: docs/benchmarks.md.
+It starts a private dockerd (Debian's docker.io 20.10, tests/testbed/dockerd.py) and builds four
+images of real files that share base layers (bench/image_set.py: about 1.4 GB of unique content
+at --scale 1, image a alone about 1 GB). Then, with ``sync; echo 3 > /proc/sys/vm/drop_caches``
+before each step and a final ``sync`` inside its timing:
+
+- export: ``forklift-boot cache-img --compress none|gzip`` against ``docker save`` of all images
+  (to /dev/null: the daemon's floor; and to a file), ``docker save -o`` per image,
+  ``skopeo copy docker-daemon: oci:`` per image (gzip, and uncompressed layers), and ``cp`` of the
+  same bytes; then an update: cache-img of a and d into a cache that has b and c;
+- compression: ``gzip -1``, ``pigz -1`` and forklift-boot's ParallelGzip over the same tar;
+- load: ``forklift-boot load-img`` from both caches against ``docker load -i`` of a tar of the same
+  images, cold (no layer present) and with about half of the layers present (b and c loaded first);
+- memory: forklift-boot's peak RSS caching and loading the >= 1 GB image alone.
+
+Prints Markdown tables with ratios to the peers measured in the same run, and removes everything
+it created (daemon, mounts, temporary directories) on the way out, also after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+import psutil
+
+import forklift_boot
+from bench import image_set
+from bench.image_set import MB, BuiltImages, ref_of
+from tests.testbed.dockerd import DockerDaemon
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("dockerd", "docker", "skopeo", "gzip", "pigz", "cp")
+TIME = "/usr/bin/time"  # GNU time (Debian package time)
+# Rough bytes on disk per byte of unique content: daemon store, tars, caches, layouts.
+DISK_FACTOR = 14
+
+
+class StepError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    stdin: Path | None = None
+    stdout: Path | None = None  # None: /dev/null
+
+
+@dataclass
+class Measurement:
+    section: str
+    name: str
+    seconds: float
+    client_cpu: float  # user + system of the commands run (GNU time), their children included
+    daemon_cpu: float  # user + system of dockerd and its children (docker-untar, unpigz, ...)
+    other_cpu: float  # the host's busy CPU minus both: other work on the machine, kernel threads
+    peak_rss: int  # bytes, the largest of the commands' peak RSS (GNU time %M)
+    written: int  # bytes the commands and dockerd wrote into files (kernel I/O accounting)
+    disk_read: int  # bytes read/written on the device of the work directory (diskstats):
+    disk_written: int  # other work on the machine counts here too
+    output_bytes: int | None = None
+    runs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Everything a step needs: the daemon, the images, paths and the commands' environment."""
+
+    daemon: DockerDaemon
+    client: docker.DockerClient
+    work: Path
+    python: str
+    images: BuiltImages
+    env: dict[str, str]
+    device: str | None
+    log_path: Path
+    runs: int
+    results: list[Measurement] = field(default_factory=list)
+
+    def path(self, name: str) -> Path:
+        return self.work / name
+
+
+# Running and measuring
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu: float  # user + system seconds of the command and the children it waited for
+    peak_rss: int  # bytes
+    written: int  # bytes it caused to be written to storage (ru_oublock, 512-byte units)
+
+
+def _spawn(command: Command, env: dict[str, str], log_path: Path) -> Usage:
+    """Runs one command to its end under GNU time, which reports its CPU time and peak RSS.
+
+    Not os.wait4 on our own child: a child spawned from this process inherits this
+    interpreter's high-water RSS at exec, so every ru_maxrss would read at least ours.
+    """
+    usage_path = log_path.with_name("time.out")
+    argv = (TIME, "-f", "%U %S %M %O", "-o", str(usage_path), "--", *command.argv)
+    write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, str(command.stdin or os.devnull), os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(command.stdout or os.devnull), write, 0o644),
+        (os.POSIX_SPAWN_OPEN, 2, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+    ]
+    with log_path.open("a") as log:
+        log.write(f"\n$ {' '.join(command.argv)}\n")
+    # Its own process group: on Ctrl-C or SIGTERM we stop the command and all its children.
+    pid = os.posix_spawn(argv[0], list(argv), env, file_actions=actions, setpgroup=0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise StepError(f"`{' '.join(command.argv)}` exited {code}:\n{_tail(log_path)}")
+    user, system, rss_kib, blocks = usage_path.read_text().split()[-4:]
+    return Usage(float(user) + float(system), int(rss_kib) * 1024, int(blocks) * 512)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def _tree_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and bytes written by a process and its descendants, reaped ones included
+    (dockerd runs docker-untar and unpigz as children; the kernel adds their counts to it)."""
+    try:
+        process = psutil.Process(pid)
+        processes = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0, 0
+    cpu, written = 0.0, 0
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, OSError):
+            times = proc.cpu_times()
+            cpu += times.user + times.system + times.children_user + times.children_system
+            written += _written(proc.pid)
+    return cpu, written
+
+
+def _written(pid: int) -> int:
+    """/proc/PID/io write_bytes: bytes written into files, counted when the pages are dirtied.
+
+    Gross, like GNU time's %O for the commands: dockerd's staged archive counts although it
+    is deleted after the load, often before this 23 GiB machine writes it back; a device
+    with little RAM (a Raspberry Pi) writes it to the card.
+    """
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _host_busy() -> float:
+    times = psutil.cpu_times()
+    return float(times.user + times.nice + times.system + times.irq + times.softirq)
+
+
+def _disk(device: str | None) -> tuple[int, int]:
+    if device is None:
+        return 0, 0
+    counters = psutil.disk_io_counters(perdisk=True).get(device)
+    return (counters.read_bytes, counters.write_bytes) if counters else (0, 0)
+
+
+def measure(
+    ctx: Context,
+    section: str,
+    name: str,
+    commands: Sequence[Command] | Callable[[], Sequence[Command]],
+    *,
+    output: Path | None = None,
+    setup: Callable[[], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> Measurement:
+    """Runs the step ``ctx.runs`` times, each from a cold page cache; keeps the median run.
+
+    ``setup`` runs (untimed) before each run, ``check`` after it (untimed). ``output`` is what
+    the step leaves on disk: it is removed before each run and measured after.
+    """
+    taken: list[Measurement] = []
+    for _ in range(ctx.runs):
+        if output is not None:
+            _remove(output)
+        if setup is not None:
+            setup()
+        steps = commands() if callable(commands) else commands
+        drop_caches()
+        (daemon_before, daemon_written_before), busy_before = (
+            _tree_usage(ctx.daemon.pid),
+            _host_busy(),
+        )
+        read_before, written_before = _disk(ctx.device)
+        cpu, rss, written = 0.0, 0, 0
+        start = time.perf_counter()
+        for command in steps:
+            usage = _spawn(command, ctx.env, ctx.log_path)
+            cpu += usage.cpu
+            rss = max(rss, usage.peak_rss)
+            written += usage.written
+        os.sync()
+        seconds = time.perf_counter() - start
+        daemon_after, daemon_written_after = _tree_usage(ctx.daemon.pid)
+        daemon_cpu = daemon_after - daemon_before
+        busy = _host_busy() - busy_before
+        read_after, written_after = _disk(ctx.device)
+        if check is not None:
+            check()
+        taken.append(
+            Measurement(
+                section,
+                name,
+                seconds,
+                client_cpu=cpu,
+                daemon_cpu=daemon_cpu,
+                other_cpu=max(busy - cpu - daemon_cpu, 0.0),
+                peak_rss=rss,
+                written=written + daemon_written_after - daemon_written_before,
+                disk_read=read_after - read_before,
+                disk_written=written_after - written_before,
+                output_bytes=tree_size(output) if output is not None else None,
+            )
+        )
+    chosen = sorted(taken, key=lambda m: m.seconds)[(len(taken) - 1) // 2]
+    chosen.runs = [m.seconds for m in taken]
+    ctx.results.append(chosen)
+    print(
+        f"  {section:<12} {name:<58} {chosen.seconds:7.2f} s  "
+        f"(cpu {chosen.client_cpu:.1f} s, dockerd {chosen.daemon_cpu:.1f} s, "
+        f"others {chosen.other_cpu:.1f} s, written {chosen.written / MB:.0f} MB, "
+        f"rss {chosen.peak_rss / MB:.0f} MB)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return chosen
+
+
+def tree_size(path: Path) -> int:
+    """Apparent bytes of a file, or of every file under a directory."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# Docker state
+
+
+def reset_images(ctx: Context) -> None:
+    """Removes every image (and so every layer) from the private daemon."""
+    for _ in range(20):
+        ids = ctx.client.api.images(all=True, quiet=True)
+        if not ids:
+            break
+        for image_id in ids:
+            # A parent with children can't go first; the next pass gets it.
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                ctx.client.api.remove_image(image_id, force=True)
+    else:
+        raise StepError("couldn't remove every image from the private dockerd")
+    layers = ctx.daemon.data_root / "image/overlay2/layerdb/sha256"
+    if layers.is_dir() and any(layers.iterdir()):
+        raise StepError(f"layers are left in {layers} after removing every image")
+
+
+def load_tar(ctx: Context, tar: Path) -> None:
+    with tar.open("rb") as file:
+        ctx.client.images.load(file)
+
+
+def check_images(ctx: Context, names: Sequence[str]) -> None:
+    """Each ref resolves to the image ID it was built with (the round trip keeps IDs)."""
+    for name in names:
+        got = ctx.client.images.get(ref_of(name)).id
+        if got != ctx.images.image_ids[name]:
+            raise StepError(f"{ref_of(name)} is {got}, built as {ctx.images.image_ids[name]}")
+
+
+def check_report(path: Path, expected: str, count: int) -> Callable[[], None]:
+    def check() -> None:
+        report = json.loads(path.read_text())
+        statuses = [image["status"] for image in report["images"]]
+        if statuses.count(expected) != count:
+            raise StepError(f"forklift-boot reported {statuses}, expected {count} x {expected}")
+
+    return check
+
+
+# The commands
+
+
+def docker_save(ctx: Context, names: Sequence[str], output: Path | None) -> Command:
+    refs = [ref_of(name) for name in names]
+    if output is None:
+        return Command(("docker", "save", *refs))  # stdout to /dev/null
+    return Command(("docker", "save", "-o", str(output), *refs))
+
+
+def forklift_boot_cmd(ctx: Context, *args: str, report: Path) -> Command:
+    return Command((ctx.python, "-m", "forklift_boot", *args, "--json"), stdout=report)
+
+
+def cache_img(
+    ctx: Context, cache: Path, compress: str, names: Sequence[str], report: Path
+) -> Command:
+    refs = [ref_of(name) for name in names]
+    args = ("cache-img", "--cache-dir", str(cache), "--compress", compress, *refs)
+    return forklift_boot_cmd(ctx, *args, report=report)
+
+
+def load_img(
+    ctx: Context, cache: Path, names: Sequence[str], report: Path, *, thin: bool = True
+) -> Command:
+    refs = [ref_of(name) for name in names]
+    args = ["load-img", "--cache-dir", str(cache), *refs]
+    if not thin:
+        args.append("--thin=false")
+    return forklift_boot_cmd(ctx, *args, report=report)
+
+
+def skopeo_copy(ctx: Context, layout: Path, name: str, *extra: str) -> Command:
+    ref = ref_of(name)
+    return Command(
+        (
+            "skopeo",
+            "copy",
+            "--insecure-policy",
+            "--src-daemon-host",
+            ctx.daemon.host,
+            *extra,
+            f"docker-daemon:{ref}",
+            f"oci:{layout}:{ref}",
+        )
+    )
+
+
+# The sections
+
+
+def prepare(ctx: Context) -> None:
+    """Tars the measurements need as inputs or byte counts (untimed)."""
+    for names, tar in ((["a"], "a.tar"), (["a", "d"], "ad.tar"), (["b", "c"], "bc.tar")):
+        _spawn(docker_save(ctx, names, ctx.path(tar)), ctx.env, ctx.log_path)
+
+
+def run_export(ctx: Context) -> None:
+    names = list(image_set.IMAGES)
+    all_tar, copy = ctx.path("all.tar"), ctx.path("copy.tar")
+    cp = Command(("cp", str(all_tar), str(copy)))
+    measure(ctx, "export", "docker save -o all.tar (a b c d)", [docker_save(ctx, names, all_tar)])
+    measure(ctx, "export", "cp all.tar (1st)", [cp], output=copy)
+    measure(ctx, "export", "docker save a b c d > /dev/null", [docker_save(ctx, names, None)])
+    per_image = ctx.path("per-image")
+
+    def per_image_commands() -> list[Command]:
+        per_image.mkdir()
+        return [docker_save(ctx, [name], per_image / f"{name}.tar") for name in names]
+
+    measure(
+        ctx,
+        "export",
+        "docker save -o X.tar per image (4 calls)",
+        per_image_commands,
+        output=per_image,
+    )
+    skopeo_layout = ctx.path("skopeo-oci")
+    for label, extra in (
+        ("skopeo copy docker-daemon: oci: per image (gzip)", ()),
+        ("skopeo copy ... --dest-oci-accept-uncompressed-layers", (UNCOMPRESSED,)),
+    ):
+        commands = [skopeo_copy(ctx, skopeo_layout, name, *extra) for name in names]
+        measure(ctx, "export", label, commands, output=skopeo_layout)
+    for compress in ("none", "gzip"):
+        cache, report = ctx.path(f"cache-{compress}"), ctx.path("report.json")
+        measure(
+            ctx,
+            "export",
+            f"forklift-boot cache-img --compress {compress}",
+            [cache_img(ctx, cache, compress, names, report)],
+            output=cache,
+            check=check_report(report, "cached", len(names)),
+        )
+    measure(ctx, "export", "cp all.tar (2nd)", [cp], output=copy)
+    for path in (copy, per_image, skopeo_layout):
+        _remove(path)
+
+
+def run_update(ctx: Context) -> None:
+    """A device update: a and d arrive while b and c are cached (a's os/py/docs are known)."""
+    cache, report = ctx.path("cache-update"), ctx.path("report.json")
+
+    def seed() -> None:
+        _spawn(cache_img(ctx, cache, "gzip", ["b", "c"], report), ctx.env, ctx.log_path)
+
+    for label, setup in (("empty cache", None), ("b c cached", seed)):
+        measure(
+            ctx,
+            "update",
+            f"forklift-boot cache-img --compress gzip a d ({label})",
+            [cache_img(ctx, cache, "gzip", ["a", "d"], report)],
+            output=cache,
+            setup=setup,
+            check=check_report(report, "cached", 2),
+        )
+    _remove(cache)
+
+
+def run_memory_cache(ctx: Context) -> None:
+    report = ctx.path("report.json")
+    measure(
+        ctx,
+        "memory",
+        "python -m forklift_boot --version (imports only)",
+        [Command((ctx.python, "-m", "forklift_boot", "--version"))],
+    )
+    for compress in ("gzip", "none"):
+        cache = ctx.path(f"cache-a-{compress}")
+        measure(
+            ctx,
+            "memory",
+            f"forklift-boot cache-img --compress {compress} a",
+            [cache_img(ctx, cache, compress, ["a"], report)],
+            output=cache,
+            check=check_report(report, "cached", 1),
+        )
+
+
+def run_compression(ctx: Context) -> None:
+    all_tar, out = ctx.path("all.tar"), ctx.path("all.tar.gz")
+    cores = str(os.cpu_count() or 1)
+    commands = {
+        "gzip -1": ("gzip", "-1", "-c"),
+        f"pigz -1 -p {cores}": ("pigz", "-1", "-p", cores, "-c"),
+    }
+    for label, argv in commands.items():
+        measure(ctx, "compression", label, [Command(argv, stdin=all_tar, stdout=out)], output=out)
+    measure(
+        ctx,
+        "compression",
+        f"forklift-boot ParallelGzip level 1, {cores} threads",
+        [Command((ctx.python, "-m", "bench.parallel_gzip", str(all_tar), str(out)))],
+        output=out,
+    )
+    _remove(out)
+    # What each uncompressed byte costs cache-img in hashing (blob digest, diff ID).
+    measure(
+        ctx,
+        "compression",
+        "sha256 of all.tar (Python hashlib, no output)",
+        [Command((ctx.python, "-c", SHA256, str(all_tar)))],
+    )
+
+
+def run_load(ctx: Context) -> None:
+    names, rest = list(image_set.IMAGES), ["a", "d"]
+    report = ctx.path("report.json")
+
+    def cold() -> None:
+        reset_images(ctx)
+
+    def half() -> None:
+        reset_images(ctx)
+        load_tar(ctx, ctx.path("bc.tar"))
+
+    def docker_loaded(group: Sequence[str]) -> Callable[[], None]:
+        return lambda: check_images(ctx, group)
+
+    def fb_loaded(group: Sequence[str]) -> Callable[[], None]:
+        check_statuses = check_report(report, "loaded", len(group))
+
+        def check() -> None:
+            check_statuses()
+            check_images(ctx, group)
+
+        return check
+
+    def docker_load(tar: str) -> Command:
+        return Command(("docker", "load", "-q", "-i", str(ctx.path(tar))))
+
+    measure(
+        ctx,
+        "load cold",
+        "docker load -i all.tar (a b c d)",
+        [docker_load("all.tar")],
+        setup=cold,
+        check=docker_loaded(names),
+    )
+    for compress in ("none", "gzip"):
+        measure(
+            ctx,
+            "load cold",
+            f"forklift-boot load-img a b c d ({compress} cache)",
+            [load_img(ctx, ctx.path(f"cache-{compress}"), names, report)],
+            setup=cold,
+            check=fb_loaded(names),
+        )
+    measure(
+        ctx,
+        "load half",
+        "docker load -i ad.tar (b c present)",
+        [docker_load("ad.tar")],
+        setup=half,
+        check=docker_loaded(rest),
+    )
+    for compress in ("none", "gzip"):
+        for thin in (True, False):
+            measure(
+                ctx,
+                "load half",
+                f"forklift-boot load-img a d ({compress} cache{'' if thin else ', --thin=false'})",
+                [load_img(ctx, ctx.path(f"cache-{compress}"), rest, report, thin=thin)],
+                setup=half,
+                check=fb_loaded(rest),
+            )
+    for compress in ("gzip", "none"):
+        measure(
+            ctx,
+            "memory",
+            f"forklift-boot load-img a ({compress} cache)",
+            [load_img(ctx, ctx.path(f"cache-a-{compress}"), ["a"], report)],
+            setup=cold,
+            check=fb_loaded(["a"]),
+        )
+
+
+# Reporting
+
+
+def _mb(n: float) -> str:
+    return f"{n / MB:,.1f}"
+
+
+class Table:
+    def __init__(self, title: str, header: Sequence[str]) -> None:
+        self.lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
+        self.lines.append("|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|")
+
+    def row(self, *cells: object) -> None:
+        self.lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _seconds(m: Measurement) -> str:
+    if len(m.runs) > 1:
+        return f"{m.seconds:.2f} ({'/'.join(f'{s:.2f}' for s in m.runs)})"
+    return f"{m.seconds:.2f}"
+
+
+def render(ctx: Context, sizes: dict[str, int]) -> str:
+    by_name = {(m.section, m.name): m for m in ctx.results}
+
+    def find(section: str, prefix: str) -> Measurement:
+        return next(m for (s, n), m in by_name.items() if s == section and n.startswith(prefix))
+
+    unique = sizes["all.tar"]
+    cp = statistics.mean(find("export", f"cp all.tar ({n})").seconds for n in ("1st", "2nd"))
+
+    def cp_for(basis: int) -> float:
+        return cp * basis / unique  # cp of that many bytes, at the rate measured
+
+    floor = find("export", "docker save a b c d > /dev/null").seconds
+    out = []
+    table = Table(
+        f"Export: U = {_mb(unique)} MB of unique content (`docker save` of all four images)",
+        [
+            "step",
+            "s",
+            "MB/s (U/s)",
+            "x cp",
+            "x save floor",
+            "on disk MB",
+            "client CPU s",
+            "dockerd CPU s",
+            "other CPU s",
+            "written MB",
+            "peak RSS MB",
+        ],
+    )
+    for m in ctx.results:
+        if m.section != "export":
+            continue
+        on_disk = (
+            sizes["all.tar"] if m.name.startswith("docker save -o all.tar") else m.output_bytes
+        )
+        table.row(
+            m.name,
+            _seconds(m),
+            f"{unique / MB / m.seconds:.0f}",
+            f"{m.seconds / cp:.1f}",
+            f"{m.seconds / floor:.2f}",
+            _mb(on_disk) if on_disk is not None else "-",
+            f"{m.client_cpu:.1f}",
+            f"{m.daemon_cpu:.1f}",
+            f"{m.other_cpu:.1f}",
+            _mb(m.written),
+            f"{m.peak_rss / MB:.0f}",
+        )
+    out.append(table.text())
+
+    table = Table(
+        f"Update: cache-img of a and d ({_mb(sizes['ad.tar'])} MB as `docker save a d`)",
+        [
+            "step",
+            "s",
+            "x cp",
+            "on disk MB",
+            "client CPU s",
+            "dockerd CPU s",
+            "other CPU s",
+            "written MB",
+        ],
+    )
+    for m in ctx.results:
+        if m.section == "update":
+            table.row(
+                m.name,
+                _seconds(m),
+                f"{m.seconds / cp_for(sizes['ad.tar']):.1f}",
+                _mb(m.output_bytes or 0),
+                f"{m.client_cpu:.1f}",
+                f"{m.daemon_cpu:.1f}",
+                f"{m.other_cpu:.1f}",
+                _mb(m.written),
+            )
+    out.append(table.text())
+
+    table = Table(
+        f"Compression of all.tar ({_mb(unique)} MB) to a file",
+        ["tool", "s", "MB/s in", "out MB", "out/in", "CPU s", "CPU s per GB in", "other CPU s"],
+    )
+    for m in ctx.results:
+        if m.section == "compression":
+            size = m.output_bytes
+            table.row(
+                m.name,
+                _seconds(m),
+                f"{unique / MB / m.seconds:.0f}",
+                "-" if size is None else _mb(size),
+                "-" if size is None else f"{size / unique:.3f}",
+                f"{m.client_cpu:.1f}",
+                f"{m.client_cpu / (unique / 1e9):.1f}",
+                f"{m.other_cpu:.1f}",
+            )
+    out.append(table.text())
+
+    for section, basis_name, peer_prefix in (
+        ("load cold", "all.tar", "docker load -i all.tar"),
+        ("load half", "ad.tar", "docker load -i ad.tar"),
+    ):
+        basis = sizes[basis_name]
+        peer = find(section, peer_prefix).seconds
+        title = (
+            f"Load, cold: every layer missing ({_mb(basis)} MB)"
+            if section == "load cold"
+            else f"Load a and d with b and c present ({_mb(basis)} MB as `docker save a d`)"
+        )
+        table = Table(
+            title,
+            [
+                "step",
+                "s",
+                "MB/s",
+                "x cp",
+                "x docker load",
+                "client CPU s",
+                "dockerd CPU s",
+                "other CPU s",
+                "written MB",
+                "peak RSS MB",
+            ],
+        )
+        for m in ctx.results:
+            if m.section == section:
+                table.row(
+                    m.name,
+                    _seconds(m),
+                    f"{basis / MB / m.seconds:.0f}",
+                    f"{m.seconds / cp_for(basis):.1f}",
+                    f"{m.seconds / peer:.2f}",
+                    f"{m.client_cpu:.1f}",
+                    f"{m.daemon_cpu:.1f}",
+                    f"{m.other_cpu:.1f}",
+                    _mb(m.written),
+                    f"{m.peak_rss / MB:.0f}",
+                )
+        out.append(table.text())
+
+    table = Table(
+        f"Memory: image a alone ({_mb(sizes['a.tar'])} MB as `docker save a`)",
+        ["step", "s", "peak RSS MB", "client CPU s", "on disk MB"],
+    )
+    for m in ctx.results:
+        if m.section == "memory":
+            disk_text = _mb(m.output_bytes) if m.output_bytes is not None else "-"
+            table.row(
+                m.name, _seconds(m), f"{m.peak_rss / MB:.0f}", f"{m.client_cpu:.1f}", disk_text
+            )
+    out.append(table.text())
+
+    interference = sum(m.other_cpu for m in ctx.results)
+    busy = sum(m.seconds for m in ctx.results)
+    out.append(
+        f"Other CPU on the host during the timed steps (busy CPU minus the commands and dockerd: "
+        f"other work, kernel writeback): {interference:.0f} CPU-s over {busy:.0f} s of steps.\n"
+    )
+    return "\n".join(out)
+
+
+# The machine
+
+
+def device_of(path: Path) -> str | None:
+    """The block device (``vda``, ``nvme0n1p2``) holding ``path``, for its diskstats."""
+    dev = path.stat().st_dev
+    link = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    return link.resolve().name if link.exists() else None
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    except OSError as err:
+        return f"({err})"
+    return (result.stdout or result.stderr).strip().splitlines()[0] if result else ""
+
+
+def machine(ctx: Context) -> dict[str, str]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    disk = "?"
+    if ctx.device is not None:
+        block = Path("/sys/class/block") / ctx.device
+        with contextlib.suppress(OSError, ValueError):
+            size = int((block / "size").read_text()) * 512
+            queue = block / "queue" if (block / "queue").exists() else block.parent / "queue"
+            rotational = (queue / "rotational").read_text().strip()
+            disk = f"{ctx.device}, {size / 1e9:.0f} GB, rotational={rotational}"
+    server = _first_line(
+        ["docker", "-H", ctx.daemon.host, "version", "--format", "{{.Server.Version}}"]
+    )
+    client = _first_line(["docker", "version", "--format", "{{.Client.Version}}"])
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.round_trip", *sys.argv[1:]]),
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "disk": f"{disk}; {psutil.disk_usage(str(ctx.work)).free / 1e9:.0f} GB free",
+        "kernel": platform.release(),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": f"{platform.python_version()} ({ctx.python})",
+        "forklift-boot": forklift_boot.__version__,
+        "dockerd": f"{server} (CLI {client})",
+        "skopeo": _first_line(["skopeo", "--version"]),
+        "pigz": _first_line(["pigz", "--version"]),
+        "gzip": _first_line(["gzip", "--version"]),
+    }
+
+
+def describe_images(images: BuiltImages, sizes: dict[str, int]) -> str:
+    lines = ["| layer | files | content MB | random MB |", "|---|---:|---:|---:|"]
+    for layer in images.layers.values():
+        lines.append(
+            f"| {layer.name} | {layer.files:,} | {_mb(layer.content_bytes)} | "
+            f"{_mb(layer.random_bytes)} |"
+        )
+    lines += ["", "| image | layers | `docker inspect` Size MB |", "|---|---|---:|"]
+    for name, layers in image_set.IMAGES.items():
+        lines.append(f"| {name} | {' + '.join(layers)} | {_mb(images.sizes[name])} |")
+    content = sum(layer.content_bytes for layer in images.layers.values())
+    random_share = sum(layer.random_bytes for layer in images.layers.values()) / max(content, 1)
+    per_image = sum(images.sizes.values())
+    lines += [
+        "",
+        f"Unique content {_mb(content)} MB ({random_share:.0%} random), `docker save` of all "
+        f"four {_mb(sizes['all.tar'])} MB, the four images separately {_mb(per_image)} MB; "
+        f"built in {images.build_seconds:.0f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# Main
+
+
+def _check_host(scale: float, work_parent: Path) -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench.round_trip: run as root (private dockerd, drop_caches)")
+    missing = [tool for tool in (*TOOLS, TIME) if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"bench.round_trip: missing {', '.join(missing)} (apt-get install docker.io ...)")
+    needed = int(DISK_FACTOR * 1.4e9 * scale)
+    free = psutil.disk_usage(str(work_parent)).free
+    if free < needed:
+        sys.exit(f"bench.round_trip: needs about {needed / 1e9:.0f} GB free, {free / 1e9:.0f} GB")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the clean-up below
+
+
+@contextlib.contextmanager
+def _scratch(parent: Path | None) -> Iterator[Path]:
+    work = image_set.scratch_dir(parent)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="layer sizes x this (1.0: ~1.4 GB unique)"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="runs per step; the median is kept")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for forklift-boot")
+    parser.add_argument("--work-dir", type=Path, help="parent of the scratch directory (/tmp)")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # `-m forklift_boot` and `-m bench.parallel_gzip` import from here
+    _check_host(args.scale, args.work_dir or Path("/tmp"))
+    signal.signal(signal.SIGTERM, _terminate)
+    with _scratch(args.work_dir) as work, DockerDaemon() as daemon:
+        tmp = work / "tmp"
+        tmp.mkdir()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8",
+            "DOCKER_HOST": daemon.host,
+            "TMPDIR": str(tmp),  # skopeo's copy of the docker save stream goes here
+        }
+        client = daemon.client()
+        print(f"building images at --scale {args.scale} in {work} ...", file=sys.stderr)
+        images = image_set.build_images(client, args.scale, work)
+        ctx = Context(
+            daemon,
+            client,
+            work,
+            args.python,
+            images,
+            env,
+            device_of(work),
+            work / "commands.log",
+            max(args.runs, 1),
+        )
+        info = machine(ctx)
+        prepare(ctx)
+        run_export(ctx)
+        sizes = {name: tree_size(ctx.path(name)) for name in ("all.tar", "a.tar", "ad.tar")}
+        run_update(ctx)
+        run_memory_cache(ctx)
+        run_compression(ctx)
+        run_load(ctx)
+        info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        client.close()
+        text = "\n".join(
+            [
+                "## Machine\n",
+                *(f"- {key}: {value}" for key, value in info.items()),
+                "",
+                "## Images\n",
+                describe_images(images, sizes),
+                render(ctx, sizes),
+            ]
+        )
+        print(text)
+        if args.json is not None:
+            document = {
+                "machine": info,
+                "sizes": sizes,
+                "images": {
+                    "refs": dict(images.refs),
+                    "sizes": dict(images.sizes),
+                    "layers": {name: asdict(layer) for name, layer in images.layers.items()},
+                },
+                "results": [asdict(m) for m in ctx.results],
+            }
+            args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+UNCOMPRESSED = "--dest-oci-accept-uncompressed-layers"
+SHA256 = """
+import hashlib, sys
+digest = hashlib.sha256()
+with open(sys.argv[1], "rb") as file:
+    while chunk := file.read(1 << 20):
+        digest.update(chunk)
+"""
+
+if __name__ == "__main__":
+    sys.exit(main())
