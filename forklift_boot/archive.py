@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from forklift_boot.cache import (
+    ANNOTATION_IMAGE_NAME,
+    ANNOTATION_REF_NAME,
     BUFFER_SIZE,
     MAX_JSON_BLOB_SIZE,
     MEDIA_OCI_CONFIG,
@@ -28,7 +30,7 @@ from forklift_boot.cache import (
     build_oci_manifest,
 )
 from forklift_boot.compression import ParallelGzip
-from forklift_boot.errors import EngineError
+from forklift_boot.errors import CacheError, EngineError
 
 ByteCounter = Callable[[int], None]
 _TAR_MAGIC_OFFSET = 257
@@ -132,9 +134,9 @@ def _take_member(archive: tarfile.TarFile, member: tarfile.TarInfo, stream: _Sav
 
 
 def _store_layer(body: IO[bytes], stream: _SaveStream) -> _Layer:
-    diff_hash = hashlib.sha256()
     with stream.writer.blob_writer() as blob:
         if stream.compress == "gzip":
+            diff_hash = hashlib.sha256()
             gzip = ParallelGzip(level=1)
             try:
                 while chunk := body.read(BUFFER_SIZE):
@@ -145,13 +147,11 @@ def _store_layer(body: IO[bytes], stream: _SaveStream) -> _Layer:
                     blob.write(compressed)
             finally:
                 gzip.close()
-            media_type = MEDIA_OCI_LAYER_GZIP
+            media_type, diff_id = MEDIA_OCI_LAYER_GZIP, f"sha256:{diff_hash.hexdigest()}"
         else:
-            while chunk := body.read(BUFFER_SIZE):
-                diff_hash.update(chunk)
-                blob.write(chunk)
-            media_type = MEDIA_OCI_LAYER
-        diff_id = f"sha256:{diff_hash.hexdigest()}"
+            blob.copy_from(body)
+            # Stored as it came: the blob's own digest is the diff ID (one hash, not two).
+            media_type, diff_id = MEDIA_OCI_LAYER, blob.digest
         known = stream.known_layers.get(diff_id)
         if known is not None:
             # The cache has this layer (perhaps compressed another way): keep that copy.
@@ -208,6 +208,80 @@ def _credit_new_layers(layers: list[_Layer], counted: set[str]) -> int:
             counted.add(layer.blob.digest)
             total += layer.blob.size
     return total
+
+
+# OCI layouts (``ctr images export``): blobs kept byte for byte
+
+
+@dataclass(frozen=True)
+class ImportedLayout:
+    """An OCI layout stream, now in the cache exactly as it was sent."""
+
+    names: Mapping[str, Descriptor]  # index.json image name -> its descriptor (no annotations)
+    new_blobs: Mapping[str, int]  # digest -> size of blobs the cache did not have
+
+
+def import_oci_layout(
+    chunks: Iterable[bytes],
+    writer: CacheWriter,
+    *,
+    what: str,
+    on_bytes: ByteCounter = lambda n: None,
+) -> ImportedLayout:
+    """Stores every ``blobs/sha256/<hex>`` of an OCI layout tar unchanged (checked against its
+    name) and returns the images its ``index.json`` names (``io.containerd.image.name``, else
+    ``org.opencontainers.image.ref.name``). Compressed layers, manifests and indexes keep their
+    bytes, so registry digests survive. ``manifest.json`` and anything else is ignored.
+    """
+    new_blobs: dict[str, int] = {}
+    index: Any = None
+    source = io.BufferedReader(_ChunkReader(chunks, on_bytes), BUFFER_SIZE)
+    try:
+        with tarfile.open(fileobj=source, mode="r|") as archive:
+            for member in archive:
+                name = posixpath.normpath(member.name)
+                if not member.isfile():
+                    continue
+                file = archive.extractfile(member)
+                if file is None:
+                    continue
+                if name.startswith("blobs/sha256/") and name.count("/") == 2:
+                    digest = "sha256:" + name.rsplit("/", 1)[1]
+                    with writer.blob_writer() as blob:
+                        blob.copy_from(file)
+                        try:
+                            stored = blob.commit(expected_digest=digest, expected_size=member.size)
+                        except CacheError as err:
+                            raise EngineError(
+                                f"couldn't read the image stream from {what}: {err}"
+                            ) from err
+                    if stored.is_new:
+                        new_blobs[digest] = stored.size
+                elif name == "index.json":
+                    index = _parse_json(file, name)
+        # Read to the end (tar padding), so that the producer finishes and reports its status.
+        while source.read(BUFFER_SIZE):
+            pass
+    except tarfile.TarError as err:
+        raise EngineError(f"couldn't read the image stream from {what}: {err}") from err
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise EngineError(f"couldn't read the image stream from {what}: it has no index.json")
+    names: dict[str, Descriptor] = {}
+    for entry in index["manifests"]:
+        descriptor = Descriptor.from_json(entry, f"index.json of the stream from {what}")
+        annotations = descriptor.annotations
+        image_name = annotations.get(ANNOTATION_IMAGE_NAME) or annotations.get(ANNOTATION_REF_NAME)
+        if not image_name:
+            continue
+        if not writer.has_blob(descriptor.digest):
+            raise EngineError(
+                f"couldn't read the image stream from {what}: {image_name} "
+                f"({descriptor.digest}) is not in it"
+            )
+        names[image_name] = Descriptor(
+            descriptor.media_type, descriptor.digest, descriptor.size, platform=descriptor.platform
+        )
+    return ImportedLayout(names=names, new_blobs=new_blobs)
 
 
 # Load archives

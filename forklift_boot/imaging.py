@@ -376,10 +376,11 @@ def load_images(
     thin: bool = True,
     record_digests: bool = True,
     progress: Progress | None = None,
+    engine: str = "Docker",
 ) -> Report:
     """Loads what the target lacks (by image ID and by ref as written) from the cache."""
     progress = progress or NoProgress()
-    report = Report("load")
+    report = Report("load", engine)
     outcomes: dict[str, ImageOutcome] = {}
     wanted = group_by_canonical(required)
     with cache.reading() as reader:

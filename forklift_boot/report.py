@@ -54,6 +54,7 @@ class ImageOutcome:
 @dataclass
 class Report:
     action: str  # "cache" or "load"
+    engine: str = "Docker"  # where a load goes: "Docker", "containerd (namespace k8s.io)"
     outcomes: list[ImageOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -96,9 +97,9 @@ class Report:
         else:
             done = self.count(LOADED, PRESENT, TAGGED)
             line = (
-                f"{done}/{total} images ready in Docker ({self.count(LOADED)} loaded, "
+                f"{done}/{total} images ready in {self.engine} ({self.count(LOADED)} loaded, "
                 f"{self.count(TAGGED)} tagged, {self.count(PRESENT)} already there), "
-                f"{human_bytes(self.bytes_written)} sent to Docker, {self.seconds:.1f} s"
+                f"{human_bytes(self.bytes_written)} sent to {self.engine}, {self.seconds:.1f} s"
             )
         failures = _describe(self.failures)
         warnings = _describe([o for o in self.outcomes if o.status in FAILING and not o.essential])

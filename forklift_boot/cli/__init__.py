@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from forklift_boot import __version__, config
+from forklift_boot import __version__, config, containerd
 from forklift_boot.cli import commands as commands_
 from forklift_boot.cli.output import configure_logging
 from forklift_boot.errors import ForkliftBootError
@@ -182,16 +182,17 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--from",
         dest="source",
-        choices=["docker", "registry", "auto"],
+        choices=["docker", "registry", "auto", "containerd"],
         default="docker",
         help="docker: copy out of Docker (default); registry: fetch from the images' registries, "
         "no daemon needed; auto: from Docker what it has (for the platform), the rest from "
-        "registries",
+        "registries; containerd: copy out of containerd with ctr, blobs unchanged",
     )
+    _add_containerd_options(cache_img)
     _add_bool(
         fetch,
         "--all-platforms",
-        "keep every platform of a multi-platform image (--from registry/auto)",
+        "keep every platform of a multi-platform image (--from registry/auto/containerd)",
     )
     fetch.add_argument(
         "--jobs",
@@ -224,6 +225,14 @@ def _build_parser() -> argparse.ArgumentParser:
         handler=commands_.load_images_command,
     )
     _add_source_options(load_img)
+    load_img.add_argument(
+        "--into",
+        dest="target",
+        choices=["docker", "containerd"],
+        default="docker",
+        help="docker: load into Docker (default); containerd: import with ctr",
+    )
+    _add_containerd_options(load_img)
     _add_bool(load_img, "--all-cached", "load every cached image")
     _add_bool(
         load_img, "--thin", "leave out layers Docker already has (classic store)", default=True
@@ -333,6 +342,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
     return value
+
+
+def _add_containerd_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("containerd (--from/--into containerd)")
+    group.add_argument(
+        "--containerd-address",
+        default=containerd.DEFAULT_ADDRESS,
+        metavar="SOCKET",
+        help=f"containerd's socket (default {containerd.DEFAULT_ADDRESS})",
+    )
+    group.add_argument(
+        "--namespace",
+        default=containerd.DEFAULT_NAMESPACE,
+        metavar="NS",
+        help="containerd namespace: default (ctr, nerdctl), k8s.io (CRI: k3s, kubelet), moby "
+        f"(default {containerd.DEFAULT_NAMESPACE})",
+    )
 
 
 def _add_compress(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from forklift_boot.archive import ArchiveImage, write_docker_archive, write_load
 from forklift_boot.cache import CachedImage, CacheReader, ImageCache, human_bytes
 from forklift_boot.cli.output import TerminalProgress, print_report
 from forklift_boot.config import DEFAULT_DOCKER_HOST, Settings, dpkg_architecture
+from forklift_boot.containerd import ContainerdSource, ContainerdTarget, Ctr
 from forklift_boot.docker import DockerEngine
 from forklift_boot.docker_store import DockerSource, DockerTarget
 from forklift_boot.errors import CacheError, ForkliftBootError, ImageRefError, UsageError
@@ -113,6 +114,8 @@ def _list_status(
 
 
 def cache_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if args.source == "containerd":
+        return _cache_from_containerd(args, settings, out)
     if args.source == "docker" and (args.all_platforms or args.registry_mirror):
         flag = "--all-platforms" if args.all_platforms else "--registry-mirror"
         raise UsageError(f"{flag} applies to --from registry or --from auto")
@@ -160,6 +163,36 @@ def cache_images_command(args: argparse.Namespace, settings: Settings, out: Text
     return report.exit_code
 
 
+def _cache_from_containerd(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if args.registry_mirror:
+        raise UsageError("--registry-mirror applies to --from registry or --from auto")
+    images = required_images(args, settings)
+    source = ContainerdSource(
+        Ctr(args.containerd_address, args.namespace),
+        _host_platform(settings),
+        all_platforms=args.all_platforms,
+    )
+    report = cache_images(
+        images,
+        source,
+        ImageCache(settings.cache_dir),
+        compress=args.compress,
+        progress=_progress("caching", settings),
+    )
+    _finish(report, settings, out, as_json=args.json)
+    return report.exit_code
+
+
+def _host_platform(settings: Settings) -> str:
+    """``--platform``/``FORKLIFT_PLATFORM``, else dpkg's architecture, else the machine's."""
+    if settings.platform:
+        try:
+            return format_platform(settings.platform)
+        except ValueError as err:
+            raise UsageError(f"--platform: {err}") from err
+    return default_platform(None, dpkg_architecture(), pyplatform.machine())
+
+
 def _fetch_platform(settings: Settings, engine: DockerEngine) -> str:
     """``--platform``/``FORKLIFT_PLATFORM``, else Docker's platform when it answers, else
     dpkg's architecture, else the machine's."""
@@ -201,6 +234,19 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
             # What `forklift stage apply` will apply: next, or current once next failed.
             args.bundles = ",".join(requirements.applied_bundle_selector(settings.stage_store_dir))
         images = required_images(args, settings)
+    if args.target == "containerd":
+        ctr = Ctr(args.containerd_address, args.namespace)
+        report = load_images(
+            images,
+            ContainerdTarget(ctr, _host_platform(settings)),
+            cache,
+            thin=args.thin,
+            record_digests=args.record_digests,
+            progress=_progress("loading", settings),
+            engine=f"containerd (namespace {args.namespace})",
+        )
+        _finish(report, settings, out, as_json=args.json)
+        return report.exit_code
     engine = _docker(settings)
     try:
         target = DockerTarget(engine, engine.info())
