@@ -18,9 +18,11 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.testbed.http_server import serve_in_background
 
 ISSUER = "forklift-boot-test-issuer"
 SERVICE = "forklift-boot-test-registry"
@@ -58,11 +60,8 @@ class TokenServer:
         class Handler(_Handler):
             server_owner = owner
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = serve_in_background(Handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
 
     @property
     def realm(self) -> str:
