@@ -219,6 +219,9 @@ class ImportedLayout:
 
     names: Mapping[str, Descriptor]  # index.json image name -> its descriptor (no annotations)
     new_blobs: Mapping[str, int]  # digest -> size of blobs the cache did not have
+    # Every index.json entry by digest, named or not (Docker saves an image asked for by
+    # digest alone without a name).
+    by_digest: Mapping[str, Descriptor] = field(default_factory=dict)
 
 
 def import_oci_layout(
@@ -267,21 +270,23 @@ def import_oci_layout(
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise EngineError(f"couldn't read the image stream from {what}: it has no index.json")
     names: dict[str, Descriptor] = {}
+    by_digest: dict[str, Descriptor] = {}
     for entry in index["manifests"]:
         descriptor = Descriptor.from_json(entry, f"index.json of the stream from {what}")
         annotations = descriptor.annotations
         image_name = annotations.get(ANNOTATION_IMAGE_NAME) or annotations.get(ANNOTATION_REF_NAME)
-        if not image_name:
-            continue
         if not writer.has_blob(descriptor.digest):
             raise EngineError(
-                f"couldn't read the image stream from {what}: {image_name} "
+                f"couldn't read the image stream from {what}: {image_name or 'an entry'} "
                 f"({descriptor.digest}) is not in it"
             )
-        names[image_name] = Descriptor(
+        plain = Descriptor(
             descriptor.media_type, descriptor.digest, descriptor.size, platform=descriptor.platform
         )
-    return ImportedLayout(names=names, new_blobs=new_blobs)
+        by_digest[descriptor.digest] = plain
+        if image_name:
+            names[image_name] = plain
+    return ImportedLayout(names=names, new_blobs=new_blobs, by_digest=by_digest)
 
 
 # Load archives
@@ -295,7 +300,9 @@ class ArchiveImage:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     repo_tags: tuple[str, ...]  # manifest.json RepoTags: what the classic store tags
-    names: tuple[str, ...]  # index.json io.containerd.image.name: what the containerd store names
+    # index.json io.containerd.image.name -> what it names: ``manifest``, or an image index in
+    # the cache that lists it (its other platforms may be absent). What containerd stores name.
+    names: Mapping[str, Descriptor]
 
 
 def write_load_archive(
@@ -316,7 +323,7 @@ def write_load_archive(
     yield from _tar_file("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
     sent: set[str] = set()
     for image in images:
-        for descriptor in (image.config, *image.layers, image.manifest):
+        for descriptor in (image.config, *image.layers, image.manifest, *image.names.values()):
             if descriptor.digest in sent or descriptor.digest in omit_layers:
                 continue
             sent.add(descriptor.digest)
@@ -326,14 +333,14 @@ def write_load_archive(
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [
             {
-                **image.manifest.to_json(),
+                **target.to_json(),
                 "annotations": {
-                    "io.containerd.image.name": name,
-                    "org.opencontainers.image.ref.name": name,
+                    ANNOTATION_IMAGE_NAME: name,
+                    ANNOTATION_REF_NAME: name,
                 },
             }
             for image in images
-            for name in image.names
+            for name, target in sorted(image.names.items())
         ],
     }
     manifest = [

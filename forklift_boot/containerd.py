@@ -29,6 +29,7 @@ from forklift_boot.cache import (
 )
 from forklift_boot.errors import CacheError, EngineError, EngineUnavailableError, ImageRefError
 from forklift_boot.imaging import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
+from forklift_boot.layout_copy import copied_from_layout, platform_object
 from forklift_boot.platforms import best_match, parse_platform, platform_of
 from forklift_boot.refs import ImageRef, parse_image_ref
 
@@ -237,7 +238,7 @@ class Ctr:
             descriptor.media_type,
             descriptor.digest,
             descriptor.size,
-            platform=_platform_object(config_document),
+            platform=platform_object(config_document),
         )
         return ResolvedImage(descriptor, config, layers, found_platform)
 
@@ -300,20 +301,9 @@ class ContainerdSource:
             descriptor = layout.names.get(name)
             if descriptor is None:
                 raise EngineError(f"{self.ctr.where}: ctr images export left out {name}")
-            if descriptor.media_type not in INDEX_MEDIA_TYPES:
-                config = writer.read_json(_config_digest(writer, descriptor, name))
-                descriptor = Descriptor(
-                    descriptor.media_type,
-                    descriptor.digest,
-                    descriptor.size,
-                    platform=_platform_object(config),
-                )
-            new_bytes = 0
-            for digest in _reachable(writer, descriptor):
-                if digest in layout.new_blobs and digest not in credited:
-                    credited.add(digest)
-                    new_bytes += layout.new_blobs[digest]
-            copied[image.wanted.canonical] = CopiedImage(descriptor, new_bytes)
+            copied[image.wanted.canonical] = copied_from_layout(
+                writer, layout, descriptor, platform=self.platform, name=name, credited=credited
+            )
             copied.setdefault(image.image_id, copied[image.wanted.canonical])
         return copied
 
@@ -336,6 +326,9 @@ class ContainerdTarget:
             return None
         return self.ctr.resolve_record(record, self.platform).config.digest
 
+    def identity(self, plan: LoadPlan, ref: ImageRef | None = None) -> str:
+        return plan.image_id
+
     def has_image(self, image_id: str) -> bool:
         for record in self.ctr.images().values():
             try:
@@ -357,7 +350,7 @@ class ContainerdTarget:
             config=plan.config,
             layers=plan.layers,
             repo_tags=(),
-            names=names,
+            names=dict.fromkeys(names, plan.manifest),
         )
         self.ctr.stream_in(
             ["images", "import", "--platform", self.platform, "-"],
@@ -413,44 +406,8 @@ def _by_repository_digest(records: Mapping[str, ImageRecord], ref: ImageRef) -> 
     return None
 
 
-def _config_digest(reader: CacheReader, manifest: Descriptor, name: str) -> str:
-    document = reader.read_json(manifest.digest)
-    try:
-        digest = document["config"]["digest"]
-    except (KeyError, TypeError) as err:
-        raise EngineError(f"the manifest of {name} has no config") from err
-    if not isinstance(digest, str):
-        raise EngineError(f"the manifest of {name} has no config")
-    return digest
-
-
-def _reachable(reader: CacheReader, descriptor: Descriptor) -> Iterator[str]:
-    """Digests of the descriptor, its present children, their configs and layers."""
-    yield descriptor.digest
-    document = reader.read_json(descriptor.digest)
-    if descriptor.media_type in INDEX_MEDIA_TYPES:
-        for child in document.get("manifests") or []:
-            child_descriptor = Descriptor.from_json(child)
-            if reader.has_blob(child_descriptor.digest):
-                yield from _reachable(reader, child_descriptor)
-        return
-    for item in [document.get("config"), *(document.get("layers") or [])]:
-        if isinstance(item, dict) and isinstance(item.get("digest"), str):
-            yield item["digest"]
-
-
-def _platform_object(config: Mapping[str, Any]) -> dict[str, str]:
-    platform = {
-        "os": str(config.get("os", "linux")),
-        "architecture": str(config.get("architecture", "")),
-    }
-    if config.get("variant"):
-        platform["variant"] = str(config["variant"])
-    return platform
-
-
 def _config_platform(config: Mapping[str, Any]) -> str:
-    platform = _platform_object(config)
+    platform = platform_object(config)
     text = f"{platform['os']}/{platform['architecture']}"
     return f"{text}/{platform['variant']}" if "variant" in platform else text
 

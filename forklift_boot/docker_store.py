@@ -8,8 +8,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from forklift_boot import daemon, refstore
-from forklift_boot.archive import ArchiveImage, import_docker_save, write_load_archive
+from forklift_boot.archive import (
+    ArchiveImage,
+    import_docker_save,
+    import_oci_layout,
+    write_load_archive,
+)
 from forklift_boot.cache import (
+    INDEX_MEDIA_TYPES,
     MEDIA_OCI_LAYER_GZIP,
     CacheReader,
     CacheWriter,
@@ -20,6 +26,7 @@ from forklift_boot.docker import DockerEngine, EngineInfo, ImageInfo
 from forklift_boot.errors import EngineError, ForkliftBootError, ImageRefError
 from forklift_boot.faults import checkpoint
 from forklift_boot.imaging import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
+from forklift_boot.layout_copy import copied_from_layout, drop_other_platforms
 from forklift_boot.refs import ImageRef, parse_image_ref
 from forklift_boot.systemd import SystemdManager
 
@@ -30,16 +37,30 @@ GZIP_EXPANSION = 3
 
 
 class DockerSource:
-    """Copies images out of a Docker daemon with one ``docker save`` stream."""
+    """Copies images out of a Docker daemon with one ``docker save`` stream.
 
-    def __init__(self, engine: DockerEngine) -> None:
+    From the classic store the stream holds layer tars (compressed here, as asked); from the
+    containerd image store, the registry's own manifests and compressed blobs, kept as they are.
+    """
+
+    def __init__(self, engine: DockerEngine, *, all_platforms: bool = False) -> None:
         self.engine = engine
+        self.all_platforms = all_platforms  # the containerd image store may hold several
         self.description = f"Docker at {engine.base_url}"
+        self._found_as: dict[str, str] = {}  # canonical name -> the ref Docker resolved
+        self._is_containerd_store: bool | None = None
+
+    @property
+    def is_containerd_store(self) -> bool:
+        if self._is_containerd_store is None:
+            self._is_containerd_store = self.engine.info().is_containerd_store
+        return self._is_containerd_store
 
     def find(self, wanted: Wanted) -> SourceImage | None:
         for ref in wanted.refs:
             info = self.engine.inspect_image(ref.written)
             if info is not None:
+                self._found_as[wanted.canonical] = ref.written
                 return SourceImage(
                     wanted=wanted,
                     image_id=info.image_id,
@@ -58,6 +79,8 @@ class DockerSource:
         known_layers: Mapping[str, Descriptor],
         on_bytes: ByteCounter,
     ) -> dict[str, CopiedImage]:
+        if self.is_containerd_store:
+            return self._copy_layout(images, writer, on_bytes)
         # By image ID: one name per image, and the saved manifest.json needs no tags.
         image_ids = sorted({image.image_id for image in images})
         imported = import_docker_save(
@@ -79,6 +102,48 @@ class DockerSource:
             for image_id, image in by_id.items()
         }
 
+    def _copy_layout(
+        self, images: Sequence[SourceImage], writer: CacheWriter, on_bytes: ByteCounter
+    ) -> dict[str, CopiedImage]:
+        """The containerd image store saves an OCI layout of what it pulled: blobs unchanged
+        (compress and known_layers do not apply). Saved by the refs that found them: an image
+        asked for by ID alone has no name in the stream, and entries are matched by digest."""
+        names = sorted({self._found_as[image.wanted.canonical] for image in images})
+        layout = import_oci_layout(
+            self.engine.save(names), writer, what=self.description, on_bytes=on_bytes
+        )
+        # Docker's image ID in this store is the digest of the manifest or index it names.
+        descriptors: dict[str, Descriptor] = {}
+        for image in images:
+            descriptor = layout.by_digest.get(image.image_id)
+            if descriptor is None:
+                raise EngineError(
+                    f"Docker's export of {self._found_as[image.wanted.canonical]} left out "
+                    f"{image.image_id}"
+                )
+            descriptors[image.wanted.canonical] = descriptor
+        if not self.all_platforms:
+            # Docker saves every platform it has pulled (API 1.45 has no platform filter).
+            drop_other_platforms(
+                writer,
+                layout,
+                [(descriptors[image.wanted.canonical], image.platform) for image in images],
+            )
+        copied: dict[str, CopiedImage] = {}
+        credited: set[str] = set()
+        for image in images:
+            descriptor = descriptors[image.wanted.canonical]
+            copied[image.wanted.canonical] = copied_from_layout(
+                writer,
+                layout,
+                descriptor,
+                platform=image.platform,
+                name=image.wanted.canonical,
+                credited=credited,
+            )
+            copied.setdefault(image.image_id, copied[image.wanted.canonical])
+        return copied
+
 
 class DockerTarget:
     """Loads cached images into a Docker daemon and makes every ref as written resolve."""
@@ -92,6 +157,16 @@ class DockerTarget:
     def resolve(self, ref: str) -> str | None:
         info = self.engine.inspect_image(ref)
         return info.image_id if info is not None else None
+
+    def identity(self, plan: LoadPlan, ref: ImageRef | None = None) -> str:
+        """The classic store's image ID is the config digest; the containerd image store's is
+        the digest of what the name points at: the manifest a digest ref pins, else the
+        cache's image index (which Docker pulled too) or manifest."""
+        if not self.info.is_containerd_store:
+            return plan.image_id
+        if ref is not None and ref.digest == plan.manifest.digest:
+            return plan.manifest.digest
+        return _top(plan).digest
 
     def has_image(self, image_id: str) -> bool:
         return self.engine.inspect_image(image_id) is not None
@@ -123,7 +198,7 @@ class DockerTarget:
             config=plan.config,
             layers=plan.layers,
             repo_tags=_repo_tags(plan.wanted),
-            names=_names(plan.wanted),
+            names=_containerd_store_names(plan),
         )
         omit = self._present_layers(plan) if thin and not self.info.is_containerd_store else set()
         try:
@@ -138,7 +213,7 @@ class DockerTarget:
                 "thin load of %s failed (%s); sending every layer", plan.wanted.canonical, err
             )
             self.engine.load(write_load_archive(reader, [image], on_bytes=on_bytes))
-        if not self.has_image(plan.image_id):
+        if not self.has_image(self.identity(plan)):
             raise EngineError(f"Docker accepted {plan.wanted.canonical} but does not list it")
 
     def make_resolvable(
@@ -152,7 +227,7 @@ class DockerTarget:
                 continue
             tagged = ref.with_default_tag()
             try:
-                self.engine.tag(plan.image_id, tagged.familiar_name, tagged.tag or "latest")
+                self.engine.tag(self.identity(plan), tagged.familiar_name, tagged.tag or "latest")
             except EngineError as err:
                 reasons[ref.written] = str(err)
         if digest_refs:
@@ -168,7 +243,7 @@ class DockerTarget:
             return {ref.written: reason for _plan, ref in pending}
 
         if self.info.is_containerd_store:
-            return every("the containerd image store names digests only from a registry manifest")
+            return {ref.written: _unnamable_digest(plan, ref) for plan, ref in pending}
         if not enabled:
             return every("recording digest references is off (--record-digests=false)")
         if not self._is_local():
@@ -249,16 +324,42 @@ def _repo_tags(wanted: Wanted) -> tuple[str, ...]:
     return tuple(sorted(tags))
 
 
-def _names(wanted: Wanted) -> tuple[str, ...]:
-    """What the containerd image store names: tag refs and digest refs, canonical."""
-    names = set()
-    for ref in wanted.refs:
+def _top(plan: LoadPlan) -> Descriptor:
+    """What a tag names in the containerd image store: the cached index (as after a pull),
+    or the manifest."""
+    entry = plan.entry.descriptor
+    return entry if entry.media_type in INDEX_MEDIA_TYPES else plan.manifest
+
+
+def _containerd_store_names(plan: LoadPlan) -> dict[str, Descriptor]:
+    """index.json names for the containerd image store (DOCKER-STORES.md): each tag ref
+    names the top descriptor; each digest ref names the descriptor of that digest. It resolves
+    ``repo@digest`` (and ``repo:tag@digest``) to any image of that repository whose target has
+    the digest, so a digest the cache has no manifest for can't be named at all."""
+    names: dict[str, Descriptor] = {}
+    top = _top(plan)
+    for ref in plan.wanted.refs:
         tagged = ref.with_default_tag()
         if tagged.tagged:
-            names.add(tagged.tagged)
-        if ref.digested:
-            names.add(ref.digested)
-    return tuple(sorted(names))
+            names[tagged.tagged] = top
+        target = next((d for d in (top, plan.manifest) if d.digest == ref.digest), None)
+        if ref.digested and target is not None:
+            names[ref.digested] = target
+    return names
+
+
+def _unnamable_digest(plan: LoadPlan, ref: ImageRef) -> str:
+    registry_digest = plan.entry.registry_digest
+    held = _top(plan).digest
+    if registry_digest and registry_digest != held:
+        origin = f"Docker's export of {plan.entry.canonical} ({held}), not the registry's manifest"
+    else:
+        origin = f"no manifest {ref.digest} of {plan.entry.canonical} (it holds {held})"
+    return (
+        f"the cache holds {origin}, and the containerd image store resolves a digest only to "
+        "the manifest it names; cache it again from the registry (cache-img --from registry) or "
+        "from a Docker that uses the containerd image store"
+    )
 
 
 def _with_platform(manifest: Descriptor, config: Mapping[str, object]) -> Descriptor:

@@ -104,6 +104,9 @@ class SourceImage:
 class CopiedImage:
     manifest: Descriptor
     new_bytes: int
+    # The config digest, where the source's image ID is something else (Docker's containerd
+    # image store names an image by its manifest or index digest).
+    image_id: str | None = None
 
 
 class ImageSource(Protocol):
@@ -277,7 +280,7 @@ def _copy(
                 canonical=image.wanted.canonical,
                 refs=image.wanted.written,
                 descriptor=result.manifest,
-                image_id=image.image_id,
+                image_id=result.image_id or image.image_id,
                 registry_digest=image.registry_digest,
                 platform=image.platform,
             )
@@ -353,6 +356,11 @@ class ImageTarget(Protocol):
         """The image ID that the ref as written resolves to, or None."""
         ...
 
+    def identity(self, plan: LoadPlan, ref: ImageRef | None = None) -> str:
+        """The image ID that ``resolve`` gives for ``ref`` (any ref: None) once the plan's
+        image answers to it."""
+        ...
+
     def has_image(self, image_id: str) -> bool: ...
 
     def ensure_space(self, plans: Sequence[LoadPlan]) -> None: ...
@@ -405,7 +413,7 @@ def load_images(
         # Spellings of one image (tag, digest, both) share an image ID: load it once.
         by_image: dict[str, list[LoadPlan]] = {}
         for plan in plans:
-            by_image.setdefault(plan.image_id, []).append(plan)
+            by_image.setdefault(target.identity(plan), []).append(plan)
         to_load = [group for image_id, group in by_image.items() if not target.has_image(image_id)]
         target.ensure_space([group[0] for group in to_load])
         for index, group in enumerate(to_load, start=1):
@@ -473,7 +481,9 @@ def _merge_plans(group: Sequence[LoadPlan]) -> LoadPlan:
 
 
 def _unresolved_refs(target: ImageTarget, plan: LoadPlan) -> list[ImageRef]:
-    return [ref for ref in plan.wanted.refs if target.resolve(ref.written) != plan.image_id]
+    return [
+        ref for ref in plan.wanted.refs if target.resolve(ref.written) != target.identity(plan, ref)
+    ]
 
 
 def plan_load(reader: CacheReader, entry: CachedImage, wanted: Wanted, platform: str) -> LoadPlan:
@@ -501,24 +511,31 @@ def plan_load(reader: CacheReader, entry: CachedImage, wanted: Wanted, platform:
 
 
 def _choose_platform(reader: CacheReader, entry: CachedImage, platform: str) -> Descriptor:
-    """The cached manifest that ``platform`` prefers, matched as containerd does
-    (``linux/arm64`` takes ``linux/arm64/v8``, ``linux/arm/v7`` takes ``linux/arm/v6``)."""
-    index = reader.read_json(entry.descriptor.digest, expected_size=entry.descriptor.size)
+    return choose_platform_manifest(reader, entry.descriptor, platform, entry.canonical)
+
+
+def choose_platform_manifest(
+    reader: CacheReader, index: Descriptor, platform: str, name: str
+) -> Descriptor:
+    """The manifest of an image index in the cache that ``platform`` prefers, matched as
+    containerd does (``linux/arm64`` takes ``linux/arm64/v8``, ``linux/arm/v7`` takes
+    ``linux/arm/v6``); only manifests the cache holds count."""
+    document = reader.read_json(index.digest, expected_size=index.size)
     present = []
-    for child in index.get("manifests") or []:
-        descriptor = Descriptor.from_json(child, f"index of {entry.canonical}")
+    for child in document.get("manifests") or []:
+        descriptor = Descriptor.from_json(child, f"index of {name}")
         if reader.has_blob(descriptor.digest):
             present.append(descriptor)
     try:
         wanted = parse_platform(platform)
     except ValueError as err:
-        raise CacheError(f"couldn't load {entry.canonical}: {err}") from err
+        raise CacheError(f"couldn't load {name}: {err}") from err
     chosen = best_match(wanted, [(platform_of(d.platform), d) for d in present])
     if chosen is not None:
         return chosen
     cached = ", ".join(_platform_of(d) for d in present) or "none"
     raise CacheError(
-        f"couldn't load {entry.canonical}: the cache has no {platform} manifest "
+        f"couldn't load {name}: the cache has no {platform} manifest "
         f"(cached: {cached}); cache it with --platform {platform}"
     )
 

@@ -76,6 +76,17 @@ class CacheWriter(CacheReader):
             write_index(self.cache_dir, document)
         return removed
 
+    def remove_blobs(self, digests: Sequence[str]) -> None:
+        """Delete these blobs, which the caller knows no entry needs (e.g. just written)."""
+        for digest in digests:
+            path = self.blob_path(digest)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                raise cache_os_error("remove unused blob", path, err) from err
+        if digests:
+            fsync_directory(self._blobs_dir)
+
     def collect_garbage(self) -> int:
         """Delete the blobs that no index.json entry reaches; returns the bytes freed.
 

@@ -83,10 +83,15 @@ def _list_status(
             resolved = engine.inspect_image(image.written) if docker_up else None
             in_docker: bool | None = None
             if docker_up:
+                # By config digest (classic store) or by the cached index or manifest's
+                # digest (the containerd image store's image ID).
                 in_docker = resolved is not None or (
                     entry is not None
-                    and entry.image_id is not None
-                    and engine.inspect_image(entry.image_id) is not None
+                    and any(
+                        engine.inspect_image(image_id) is not None
+                        for image_id in (entry.image_id, entry.descriptor.digest)
+                        if image_id
+                    )
                 )
             rows.append(
                 {
@@ -116,15 +121,14 @@ def _list_status(
 def cache_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.source == "containerd":
         return _cache_from_containerd(args, settings, out)
-    if args.source == "docker" and (args.all_platforms or args.registry_mirror):
-        flag = "--all-platforms" if args.all_platforms else "--registry-mirror"
-        raise UsageError(f"{flag} applies to --from registry or --from auto")
+    if args.source == "docker" and args.registry_mirror:
+        raise UsageError("--registry-mirror applies to --from registry or --from auto")
     images = required_images(args, settings)
     # Fetching from registries needs no daemon: don't wait for docker.service there.
     engine = _docker(settings) if args.source != "registry" else DockerEngine(settings.docker_host)
     client: RegistryClient | None = None
     try:
-        source: ImageSource = DockerSource(engine)
+        source: ImageSource = DockerSource(engine, all_platforms=args.all_platforms)
         if args.source != "docker":
             platform = _fetch_platform(settings, engine)
             try:
@@ -456,7 +460,7 @@ def cache_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
             plan.config,
             plan.layers,
             repo_tags=(f"{tagged.familiar_name}:{tagged.tag}",) if tagged.tag else (),
-            names=(tagged.tagged or wanted.canonical,),
+            names={tagged.tagged or wanted.canonical: plan.manifest},
         )
         chunks = (
             write_docker_archive(reader, image, plan.diff_ids)

@@ -11,7 +11,6 @@ it served, so "resumed" and "downloaded nothing" are measured outside the produc
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import stat
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from forklift_boot import cli
@@ -29,6 +27,7 @@ from tests.testbed import images, oci
 from tests.testbed.dockerd import DaemonFactory, DockerDaemon
 from tests.testbed.fault_proxy import Fault, FaultProxy
 from tests.testbed.images import PublishedImage
+from tests.testbed.multi_platform import BuiltMulti
 from tests.testbed.oci import Blob, CraftedImage
 from tests.testbed.registry import Registry, free_port
 from tests.testbed.token_server import SERVICE, TokenServer
@@ -577,66 +576,6 @@ def test_auto_takes_what_docker_has_and_fetches_the_rest(
 
 
 # Built by dockerd for two platforms, then a round trip through a fresh dockerd
-
-
-@dataclass(frozen=True)
-class BuiltMulti:
-    registry: Registry
-    repo: str  # library/fbmulti: Docker Hub's fbmulti through the mirror, or HOST/library/...
-    index_digest: str
-    amd64: images.BuiltImage
-    arm64: images.BuiltImage
-    manifests: dict[str, Blob]  # platform -> the manifest dockerd pushed
-
-
-def _build(client: docker.DockerClient, platform: str, name: str) -> images.BuiltImage:
-    """``docker build --platform`` of a FROM scratch image: no emulation needed."""
-    ref = f"{images.LOCAL_PREFIX}/multi:{name}"
-    context = images.build_context(
-        [images.busybox_layer(), images.app_layer(f"multi-{name}")],
-        ["/bin/busybox", "cat", f"/app/multi-{name}.txt"],
-    )
-    stream = client.api.build(
-        fileobj=io.BytesIO(context),
-        custom_context=True,
-        tag=ref,
-        rm=True,
-        decode=True,
-        platform=platform,
-        # dockerd 20.10's legacy builder reuses cached steps of another platform, then fails.
-        nocache=True,
-    )
-    for chunk in stream:
-        assert "error" not in chunk, chunk
-    info = images.inspect(client, ref)
-    assert f"{info['Os']}/{info['Architecture']}" == platform
-    return images.BuiltImage(ref, info["Id"], tuple(info["RootFS"]["Layers"]))
-
-
-@pytest.fixture(scope="module")
-def built_multi(docker_client: docker.DockerClient, registry: Registry) -> Iterator[BuiltMulti]:
-    repo = "library/fbmulti"
-    built = {"amd64": _build(docker_client, "linux/amd64", "amd64")}
-    built["arm64"] = _build(docker_client, "linux/arm64", "arm64")
-    manifests: dict[str, Blob] = {}
-    children = []
-    for arch, image in built.items():
-        digest = images.publish(docker_client, image, registry, repo, arch)
-        manifest = oci.get_manifest(registry.url, repo, digest)
-        assert manifest.media_type == oci.DOCKER_MANIFEST
-        manifests[arch] = manifest
-        children.append(
-            {**manifest.descriptor(), "platform": {"architecture": arch, "os": "linux"}}
-        )
-    children[1]["platform"]["variant"] = "v8"  # as buildx writes arm64
-    index = oci.index_of(children, oci.DOCKER_LIST)
-    digest = oci.put_manifest(registry.url, repo, "1.0", index)  # the test PUTs the index
-    yield BuiltMulti(registry, repo, digest, built["amd64"], built["arm64"], manifests)
-    images.remove_images(
-        docker_client,
-        [image.ref for image in built.values()]
-        + [f"{registry.host}/{repo}:{arch}" for arch in built],
-    )
 
 
 def layer_digests(manifest: Blob) -> set[str]:

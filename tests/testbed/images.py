@@ -226,6 +226,13 @@ def pull(client: docker.DockerClient, image: PublishedImage) -> None:
     assert image.digest_ref in info["RepoDigests"], f"{what}: RepoDigests {info['RepoDigests']}"
 
 
+def pull_ref(client: docker.DockerClient, ref: str, platform: str | None = None) -> None:
+    """``docker pull [--platform P] ref``, failing on any error in the progress stream."""
+    name, _, tag = ref.rpartition(":")
+    kwargs: dict[str, Any] = {"platform": platform} if platform else {}
+    _check_stream(client.api.pull(name, tag=tag, stream=True, decode=True, **kwargs), f"pull {ref}")
+
+
 def remove_images(client: docker.DockerClient, refs: Iterable[str]) -> None:
     """``docker rmi -f`` each ref that still exists."""
     for ref in refs:

@@ -154,6 +154,15 @@ class Registry:
             raise RuntimeError(f"no Docker-Content-Digest for {repo}:{ref}: {digest!r}")
         return digest
 
+    def manifest(self, repo: str, ref: str) -> bytes:
+        """The manifest bytes the registry serves for ``repo:ref`` (ref = tag or digest)."""
+        request = urllib.request.Request(
+            f"{self.url}/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}
+        )
+        with _OPENER.open(request, timeout=10) as response:
+            body: bytes = response.read()
+        return body
+
     def has_manifest(self, repo: str, ref: str) -> bool:
         try:
             self.manifest_digest(repo, ref)

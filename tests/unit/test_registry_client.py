@@ -188,7 +188,6 @@ def test_offline_client_refuses_before_any_connection() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--all-platforms"], "--all-platforms applies to --from registry or --from auto"),
         (["--registry-mirror", "https://m"], "--registry-mirror applies to --from registry"),
         (["--from", "registry", "--jobs", "0"], "expected a whole number of at least 1"),
         (["--from", "registry", "--platform", "linux/sparkle"], "unknown architecture"),
