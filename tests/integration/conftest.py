@@ -241,9 +241,9 @@ def _start_store(request: pytest.FixtureRequest, name: str) -> ImageStore:
     if name == "docker-containerd-store":
         daemon = request.getfixturevalue("containerd_store_dockerd")
         return DockerStore(name, daemon.host, is_containerd_store=True)
-    factory: DaemonFactory = request.getfixturevalue("session_dockerd_factory")
     if name == "docker-classic":
-        return DockerStore(name, factory().host, is_containerd_store=False)
+        daemon = request.getfixturevalue("classic_store_dockerd")
+        return DockerStore(name, daemon.host, is_containerd_store=False)
     if name == "docker-with-external-containerd":
         daemon = request.getfixturevalue("dockerd_on_containerd")
         return DockerStore(name, daemon.host, is_containerd_store=False)
@@ -251,22 +251,13 @@ def _start_store(request: pytest.FixtureRequest, name: str) -> ImageStore:
 
 
 @pytest.fixture(scope="session")
-def session_dockerd_factory(
-    registry: Registry, request: pytest.FixtureRequest
-) -> Iterator[DaemonFactory]:
-    """Private daemons that live for the session (same mirror settings as ``dockerd``)."""
+def classic_store_dockerd(
+    request: pytest.FixtureRequest, registry: Registry
+) -> Iterator[DockerDaemon]:
+    """A dockerd of its own for the store contract, which empties it (``dockerd`` is shared)."""
     _need_dockerd(request)
-    daemons: list[DockerDaemon] = []
-
-    def start(*, mirror: bool = True, extra_args: tuple[str, ...] = ()) -> DockerDaemon:
-        daemon = DockerDaemon(mirror=registry.host if mirror else None, extra_args=extra_args)
-        daemons.append(daemon)
-        daemon.start()
-        return daemon
-
-    yield start
-    for daemon in daemons:
-        daemon.close()
+    with DockerDaemon(mirror=registry.host) as daemon:
+        yield daemon
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
