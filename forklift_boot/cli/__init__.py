@@ -13,6 +13,10 @@ from typing import Any, TextIO
 
 from forklift_boot import __version__, config, containerd
 from forklift_boot.cli import commands as commands_
+from forklift_boot.cli import export_file as export_file_
+from forklift_boot.cli import push as push_
+from forklift_boot.cli import serve as serve_
+from forklift_boot.cli import transfer as transfer_
 from forklift_boot.cli.output import configure_logging
 from forklift_boot.errors import ForkliftBootError
 
@@ -192,7 +196,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_bool(
         fetch,
         "--all-platforms",
-        "keep every platform of a multi-platform image (--from registry/auto/containerd)",
+        "keep every platform of a multi-platform image that the source has (registries, "
+        "containerd, Docker's containerd image store); by default one platform only",
     )
     fetch.add_argument(
         "--jobs",
@@ -301,6 +306,136 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("ref", metavar="image_ref")
     export.add_argument("-o", "--output", required=True, metavar="FILE", help="'-' for stdout")
     export.add_argument("--format", choices=["docker", "oci"], default="docker")
+
+    copy = _command(
+        cache_commands,
+        "copy",
+        None,
+        "Copies cached images into another image cache (a USB stick)",
+        description=(
+            "Copies the cache's images, all of them or those the given refs or source need, into "
+            "another cache directory (created if missing, merged into if it is one): only blobs it "
+            "lacks, each checked against its digest as it streams; its index.json changes last, "
+            "so an interrupted copy leaves both caches valid and a rerun copies only the rest."
+        ),
+        handler=transfer_.cache_copy,
+    )
+    copy.add_argument("--to", required=True, metavar="DIR", help="the image cache to copy into")
+    _add_source_options(copy)
+    _add_bool(
+        copy,
+        "--keep-existing",
+        "where both caches name an image differently, keep the destination's (default: the "
+        "copy replaces it)",
+    )
+    _add_bool(copy, "--json", "print the report as JSON on stdout")
+    merge = _command(
+        cache_commands,
+        "merge",
+        None,
+        "Merges another image cache (a USB stick) into this one",
+        description=(
+            "Copies every image of FROM_DIR into the cache, as `cache copy` does the other way "
+            "round: only the blobs the cache lacks, verified as they stream, index.json last."
+        ),
+        handler=transfer_.cache_merge,
+    )
+    merge.add_argument("from_dir", metavar="FROM_DIR", help="the image cache to merge in")
+    _add_bool(
+        merge,
+        "--keep-existing",
+        "where both caches name an image differently, keep this cache's (default: FROM_DIR's "
+        "replaces it)",
+    )
+    _add_bool(merge, "--json", "print the report as JSON on stdout")
+
+    push = _command(
+        cache_commands,
+        "push",
+        None,
+        "Pushes cached images to a registry that a fleet shares",
+        description=(
+            "Pushes the cached images (all of them, or those the given refs or source need) to "
+            "an existing registry, each under REGISTRY/PREFIX/<its registry>/<its repository> "
+            "with its tag (or digest), manifests byte for byte so digests stay the same; blobs "
+            "the registry has are skipped and shared ones mounted. Credentials come from "
+            "Docker's config.json (`docker login`)."
+        ),
+        handler=push_.cache_push,
+    )
+    push.add_argument(
+        "destination",
+        metavar="REGISTRY[/PREFIX]",
+        help="e.g. registry.example.com:5000/fleet; HTTPS unless on loopback, http://... or "
+        "--plain-http",
+    )
+    _add_source_options(push)
+    _add_bool(push, "--plain-http", "talk HTTP, not HTTPS, to the registry (a trusted LAN only)")
+    push.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"blobs uploaded at once (default {DEFAULT_JOBS})",
+    )
+    push.add_argument(
+        "--chunk-size",
+        metavar="SIZE",
+        help="upload big blobs in pieces of SIZE (e.g. 16M) for a proxy that limits request "
+        "bodies (default: one streamed request per blob)",
+    )
+    _add_bool(push, "--json", "print the report as JSON on stdout")
+
+    serve = _command(
+        cache_commands,
+        "serve",
+        None,
+        "Serves the cache read-only as a registry",
+        description=(
+            "Serves the cached images read-only over the pull side of the OCI distribution API "
+            "(plain HTTP), until SIGTERM or Ctrl-C: `docker pull HOST:PORT/library/nginx:1.27`, "
+            "Docker's registry-mirrors for Docker Hub, containerd's hosts.toml mirrors for any "
+            "registry. Prints the address it listens on."
+        ),
+        handler=serve_.cache_serve,
+    )
+    serve.add_argument(
+        "--listen",
+        default=serve_.DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on (default {serve_.DEFAULT_LISTEN}; port 0 picks a free one)",
+    )
+    _add_bool(
+        serve, "--verify", "check each whole blob against its digest as it is sent", default=True
+    )
+
+    export_file = _command(
+        cache_commands,
+        "export-file",
+        None,
+        "Writes a file or directory of a cached image's filesystem",
+        description=(
+            "Writes SOURCE, a path in the image's filesystem (its layers applied in order, "
+            "whiteouts honoured, symlinks in SOURCE's path followed inside the image), to DEST, "
+            "as Forklift's oci-image file exports place it: a file becomes the file DEST, a "
+            "directory becomes the directory DEST. Modes, times, symlinks and hardlinks are "
+            "kept; owners and device nodes too when run as root. Built beside DEST and renamed "
+            "into place; a layer entry that would land outside DEST is refused."
+        ),
+        handler=export_file_.cache_export_file,
+    )
+    export_file.add_argument("ref", metavar="image_ref")
+    export_file.add_argument(
+        "source", metavar="SOURCE", help="path in the image, e.g. usr/bin/tool ('/' for all)"
+    )
+    export_file.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DEST",
+        help="where to write it (created; its parent too); '-' writes a tar to stdout, as "
+        "`docker cp CONTAINER:SOURCE -` does",
+    )
 
     status = _command(
         commands,

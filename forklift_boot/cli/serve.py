@@ -1,0 +1,90 @@
+"""``cache serve``: the cache as a read-only registry, until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import re
+import signal
+from pathlib import Path
+from typing import TextIO
+
+from forklift_boot.cache_server import CacheServer
+from forklift_boot.config import Settings
+from forklift_boot.errors import CacheError, ForkliftBootError, UsageError
+from forklift_boot.systemd import notify
+
+__all__ = ["DEFAULT_LISTEN", "cache_serve", "parse_listen"]
+
+log = logging.getLogger("forklift_boot")
+
+DEFAULT_LISTEN = "127.0.0.1:5000"
+_LISTEN_RE = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})"
+)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` (port 0: any free port); UsageError otherwise."""
+    match = _LISTEN_RE.fullmatch(text)
+    port = int(match["port"]) if match else -1
+    if match is None or port > 65535:
+        raise UsageError(
+            f"invalid --listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:5000 or [::1]:5000"
+        )
+    return match["ipv6"] or match["host"], port
+
+
+def cache_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    host, port = parse_listen(args.listen)
+    cache_dir = settings.cache_dir
+    if not (cache_dir / "oci-layout").is_file():
+        raise CacheError(
+            f"couldn't serve the image cache {cache_dir}: it isn't one (no oci-layout file);"
+            " fill it with `forklift-boot cache-img`, or name another with --cache-dir"
+        )
+    try:
+        server = CacheServer(cache_dir, (host, port), verify=args.verify)
+    except OSError as err:
+        raise ForkliftBootError(f"couldn't listen on {args.listen}: {err.strerror or err}") from err
+    with server:
+        try:
+            _announce(server, cache_dir, settings, out)
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        except SystemExit as exit_:
+            # cli.main turns SIGTERM into SystemExit(128 + SIGTERM): for a server, the way to stop.
+            if exit_.code != 128 + signal.SIGTERM:
+                raise
+        if settings.notify_socket:
+            notify("STOPPING=1")
+    log.info("stopped serving the image cache")
+    return 0
+
+
+def _announce(server: CacheServer, cache_dir: Path, settings: Settings, out: TextIO) -> None:
+    if not _is_loopback(server.server_name):
+        log.warning(
+            "serving the image cache to the network at %s: whoever reaches it can pull every"
+            " cached image",
+            server.address,
+        )
+    log.info(
+        "serving the image cache %s read-only at http://%s (Ctrl-C or SIGTERM stops)",
+        cache_dir,
+        server.address,
+    )
+    # The address is the command's data: with port 0 it is how a caller learns the port.
+    out.write(server.address + "\n")
+    out.flush()
+    if settings.notify_socket:
+        notify("READY=1", f"STATUS=serving {cache_dir} at http://{server.address}")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
