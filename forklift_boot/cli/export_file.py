@@ -1,0 +1,75 @@
+"""``cache export-file``: a file or directory tree out of a cached image's filesystem."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform as pyplatform
+from pathlib import Path
+from typing import TextIO
+
+from forklift_boot.cache import ImageCache, human_bytes
+from forklift_boot.config import Settings, dpkg_architecture
+from forklift_boot.errors import ForkliftBootError, UsageError
+from forklift_boot.image_files import ExportResult, export_image_path, write_image_path_tar
+from forklift_boot.imaging import Wanted, plan_load
+from forklift_boot.platforms import default_platform
+from forklift_boot.refs import parse_image_ref
+
+log = logging.getLogger("forklift_boot")
+
+
+def cache_export_file(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    ref = parse_image_ref(args.ref)
+    wanted = Wanted(ref.with_default_tag().canonical, (ref,), essential=True)
+    to_stdout = args.output == "-"
+    if to_stdout and out.isatty():
+        raise UsageError(
+            "couldn't export to standard output: it is a terminal; redirect it to a file or "
+            "a pipe (`| tar -x`)"
+        )
+    with ImageCache(settings.cache_dir).reading() as reader:
+        entry = reader.find(wanted.canonical)
+        if entry is None:
+            raise ForkliftBootError(
+                f"couldn't export {args.source} from {args.ref}: the image is not in the cache "
+                f"{settings.cache_dir}; cache it first (forklift-boot cache-img {args.ref})"
+            )
+        # An image index in the cache: --platform, else this machine's, as load-img does.
+        platform = settings.platform or entry.platform or _host_platform()
+        plan = plan_load(reader, entry, wanted, platform)
+        if to_stdout:
+            out.flush()
+            result = write_image_path_tar(reader, args.ref, plan.layers, args.source, out.buffer)
+            out.buffer.flush()
+        else:
+            result = export_image_path(
+                reader, args.ref, plan.layers, args.source, Path(args.output)
+            )
+    _log_result(args, result)
+    return 0
+
+
+def _host_platform() -> str:
+    return default_platform(None, dpkg_architecture(), pyplatform.machine())
+
+
+def _log_result(args: argparse.Namespace, result: ExportResult) -> None:
+    if result.skipped:
+        shown = ", ".join(result.skipped[:3]) + (", ..." if len(result.skipped) > 3 else "")
+        log.warning(
+            "left out %d device nodes, which only root can create: %s",
+            len(result.skipped),
+            shown,
+        )
+    where = "standard output" if args.output == "-" else args.output
+    log.info(
+        "exported %s (%s%s) from %s to %s: %d entries, %s of file data",
+        args.source,
+        result.kind,
+        f" {result.source}" if result.source.strip("/") != args.source.strip("/") else "",
+        args.ref,
+        where,
+        result.entries,
+        human_bytes(result.bytes_written),
+    )

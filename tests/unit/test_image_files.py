@@ -1,0 +1,748 @@
+"""cache export-file: files and trees out of a cached image's layers (forklift_boot/image_files.py).
+
+Every image here is crafted entry by entry (tests/imagelayers.py); the expected trees are written
+out by hand from the OCI layer rules (whiteouts, opaque directories, hardlinks within a layer)
+and Docker's overlay2 behaviour, which tests/integration/test_export_file.py checks against a
+real dockerd.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+
+from forklift_boot import cli
+from forklift_boot.cache import MEDIA_OCI_LAYER_GZIP, CacheReader, Descriptor, ImageCache
+from forklift_boot.errors import ForkliftBootError
+from forklift_boot.image_files import ExportResult, export_image_path
+from forklift_boot.imaging import Wanted, plan_load
+from forklift_boot.refs import parse_image_ref
+from tests.conftest import require_component
+from tests.imagelayers import (
+    COMPRESSIONS,
+    MTIME,
+    Entry,
+    char_device,
+    directory,
+    fifo,
+    file,
+    hardlink,
+    layer_tar,
+    opaque,
+    put_image,
+    put_index,
+    symlink,
+    whiteout,
+)
+
+REF = "registry.example/files:1"
+Capture = pytest.CaptureFixture[str]
+
+
+def run(capsys: Capture, cache_dir: Path, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(
+        ["--cache-dir", str(cache_dir), "cache", "export-file", *argv],
+        env={"HOME": "/nonexistent"},
+    )
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def tree(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every path under ``root`` (itself as ".") with its type and what matters about it."""
+    found: dict[str, tuple[Any, ...]] = {}
+    paths = [root]
+    if stat.S_ISDIR(root.lstat().st_mode):
+        for directory_path, names, files in os.walk(root):  # symlinks not followed
+            paths += [Path(directory_path, name) for name in names + files]
+    for path in sorted(paths):
+        rel = "." if path == root else path.relative_to(root).as_posix()
+        st = path.lstat()
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            found[rel] = ("symlink", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            found[rel] = ("dir", mode)
+        elif stat.S_ISREG(st.st_mode):
+            found[rel] = ("file", mode, path.read_bytes())
+        elif stat.S_ISFIFO(st.st_mode):
+            found[rel] = ("fifo", mode)
+        elif stat.S_ISCHR(st.st_mode):
+            found[rel] = ("char", mode, os.major(st.st_rdev), os.minor(st.st_rdev))
+        else:
+            found[rel] = ("other",)
+    return found
+
+
+def export(
+    cache_dir: Path, source: str, destination: Path, ref: str = REF, **options: Any
+) -> ExportResult:
+    """The library call the CLI makes, with options the CLI leaves to the effective user."""
+    parsed = parse_image_ref(ref)
+    wanted = Wanted(parsed.with_default_tag().canonical, (parsed,), essential=True)
+    with ImageCache(cache_dir).reading() as reader:
+        entry = reader.find(wanted.canonical)
+        assert entry is not None
+        plan = plan_load(reader, entry, wanted, "linux/amd64")
+        return export_image_path(reader, ref, plan.layers, source, destination, **options)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+# --- whiteouts, opaque directories, replacements ----------------------------------------------
+
+WHITEOUT_LAYERS = [
+    layer_tar(
+        directory("a"),
+        file("a/keep", b"k"),
+        file("a/gone", b"g"),
+        directory("d"),
+        file("d/x", b"x"),
+        directory("d/sub"),
+        file("d/sub/y", b"y"),
+        file("top", b"t"),
+        directory("w"),
+        file("w/inner", b"i"),
+    ),
+    layer_tar(
+        directory("a"),
+        whiteout("a/gone"),
+        directory("d", mode=0o750),
+        # This layer's own entry before the opaque marker stays, as overlayfs shows it.
+        file("d/before", b"b"),
+        opaque("d"),
+        file("d/new", b"n"),
+        whiteout("top"),
+        whiteout("w"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("compression", "style"),
+    [*((c, "oci") for c in COMPRESSIONS), ("gzip", "docker"), ("none", "docker")],
+)
+def test_whiteouts_and_opaque_directories(
+    capsys: Capture, cache_dir: Path, out_dir: Path, compression: str, style: str
+) -> None:
+    put_image(cache_dir, REF, WHITEOUT_LAYERS, compression=compression, style=style)
+    code, out, err = run(capsys, cache_dir, REF, "/", "-o", str(out_dir / "root"))
+    assert (code, out) == (0, "")
+    assert "exported / (directory)" in err
+    assert tree(out_dir / "root") == {
+        ".": ("dir", 0o755),
+        "a": ("dir", 0o755),
+        "a/keep": ("file", 0o644, b"k"),
+        "d": ("dir", 0o750),
+        "d/before": ("file", 0o644, b"b"),
+        "d/new": ("file", 0o644, b"n"),
+    }
+
+
+def test_opaque_directory_hides_lower_subdirectories_too(cache_dir: Path, out_dir: Path) -> None:
+    layers = [
+        layer_tar(directory("d"), directory("d/sub"), file("d/sub/old", b"o"), file("d/f", b"f")),
+        # d/sub exists in this layer too, but the opaque d hides everything lower under it.
+        layer_tar(directory("d"), opaque("d"), directory("d/sub"), file("d/sub/new", b"n")),
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, "d", out_dir / "d")
+    assert tree(out_dir / "d") == {
+        ".": ("dir", 0o755),
+        "sub": ("dir", 0o755),
+        "sub/new": ("file", 0o644, b"n"),
+    }
+
+
+def test_a_whiteout_hides_only_lower_layers(cache_dir: Path, out_dir: Path) -> None:
+    layers = [
+        layer_tar(file("x", b"lower")),
+        layer_tar(file("y", b"same layer"), whiteout("y"), whiteout("x")),
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, "/", out_dir / "r")
+    assert tree(out_dir / "r") == {".": ("dir", 0o755), "y": ("file", 0o644, b"same layer")}
+
+
+def test_file_replaced_by_a_directory_and_back(cache_dir: Path, out_dir: Path) -> None:
+    layers = [
+        layer_tar(file("p", b"file p"), directory("r"), file("r/s", b"s"), symlink("l", "p")),
+        layer_tar(
+            directory("p", mode=0o700),
+            file("p/q", b"q"),
+            file("r", b"file r", mode=0o600),
+            directory("l"),
+            file("l/m", b"m"),
+        ),
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, "/", out_dir / "r")
+    assert tree(out_dir / "r") == {
+        ".": ("dir", 0o755),
+        "l": ("dir", 0o755),
+        "l/m": ("file", 0o644, b"m"),
+        "p": ("dir", 0o700),
+        "p/q": ("file", 0o644, b"q"),
+        "r": ("file", 0o600, b"file r"),
+    }
+
+
+def test_a_parent_the_layer_does_not_list_replaces_a_lower_symlink(
+    cache_dir: Path, out_dir: Path, tmp_path: Path
+) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    layers = [
+        # Absolute symlinks pointing at a real host directory: never followed.
+        layer_tar(
+            symlink("abs", str(host)), directory("keep", mode=0o700), symlink("rel", "../..")
+        ),
+        # Docker's unpacker makes the unlisted parents 0755 (also over the 0700 "keep").
+        layer_tar(file("abs/x", b"x"), file("keep/y", b"y"), file("rel/z", b"z")),
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, "/", out_dir / "r")
+    assert tree(out_dir / "r") == {
+        ".": ("dir", 0o755),
+        "abs": ("dir", 0o755),
+        "abs/x": ("file", 0o644, b"x"),
+        "keep": ("dir", 0o755),
+        "keep/y": ("file", 0o644, b"y"),
+        "rel": ("dir", 0o755),
+        "rel/z": ("file", 0o644, b"z"),
+    }
+    assert list(host.iterdir()) == []
+
+
+# --- symlinks, hardlinks, modes ---------------------------------------------------------------
+
+
+def test_symlinks_are_kept_as_the_image_has_them(
+    cache_dir: Path, out_dir: Path, tmp_path: Path
+) -> None:
+    host_file = tmp_path / "host-file"
+    host_file.write_bytes(b"host")
+    layers = [
+        layer_tar(
+            directory("etc-like"),
+            file("etc-like/target", b"t"),
+            symlink("etc-like/rel", "target"),
+            symlink("etc-like/up", "../../../../outside"),
+            symlink("etc-like/abs", "/etc/passwd"),
+            symlink("etc-like/host", str(host_file)),
+        ),
+        # A later layer's file over a symlink replaces the symlink, never writes through it.
+        layer_tar(directory("etc-like"), file("etc-like/host", b"image")),
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, "etc-like", out_dir / "e")
+    assert tree(out_dir / "e") == {
+        ".": ("dir", 0o755),
+        "abs": ("symlink", "/etc/passwd"),
+        "host": ("file", 0o644, b"image"),
+        "rel": ("symlink", "target"),
+        "target": ("file", 0o644, b"t"),
+        "up": ("symlink", "../../../../outside"),
+    }
+    assert host_file.read_bytes() == b"host"
+    # SOURCE itself a symlink: exported as the symlink, as Forklift's export does.
+    export(cache_dir, "etc-like/abs", out_dir / "passwd")
+    assert os.readlink(out_dir / "passwd") == "/etc/passwd"
+
+
+def test_hardlinks_inside_the_tree_stay_hardlinks(cache_dir: Path, out_dir: Path) -> None:
+    layers = [
+        layer_tar(
+            directory("bin"),
+            file("bin/a", b"data", mode=0o755),
+            hardlink("bin/b", "bin/a", mode=0o755),
+            hardlink("bin/c", "bin/b", mode=0o755),  # a link to a link names the same file
+            file("bin/x", b"x1"),
+            hardlink("bin/y", "bin/x"),
+        ),
+        # Changing one name of a lower layer's hardlinked pair breaks the pair (copy-up).
+        layer_tar(directory("bin"), file("bin/y", b"y2")),
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, "bin", out_dir / "bin")
+    bin_dir = out_dir / "bin"
+    a, b, c = (bin_dir / name for name in "abc")
+    assert a.stat().st_ino == b.stat().st_ino == c.stat().st_ino
+    assert a.stat().st_nlink == 3
+    assert a.read_bytes() == b"data"
+    assert stat.S_IMODE(c.stat().st_mode) == 0o755
+    assert (bin_dir / "x").read_bytes() == b"x1"
+    assert (bin_dir / "y").read_bytes() == b"y2"
+    assert (bin_dir / "x").stat().st_nlink == 1
+    assert (bin_dir / "x").stat().st_ino != (bin_dir / "y").stat().st_ino
+
+
+def test_hardlinks_to_a_file_outside_the_tree_become_one_copy(
+    cache_dir: Path, out_dir: Path
+) -> None:
+    layers = [
+        layer_tar(
+            directory("lib"),
+            file("lib/real", b"payload", mode=0o640, uid=7, gid=8, mtime=MTIME + 5),
+            directory("bin"),
+            # As in real layers, each name of the file carries its attributes.
+            hardlink("bin/tool", "lib/real", mode=0o640, uid=7, gid=8, mtime=MTIME + 5),
+            hardlink("lib/alias", "lib/real", mode=0o640, uid=7, gid=8, mtime=MTIME + 5),
+            # Through another outside name.
+            hardlink("bin/tool2", "lib/alias", mode=0o640, uid=7, gid=8, mtime=MTIME + 5),
+        ),
+        layer_tar(directory("lib"), file("lib/real", b"changed later")),
+    ]
+    put_image(cache_dir, REF, layers)
+    result = export(cache_dir, "bin", out_dir / "bin")
+    tool, tool2 = out_dir / "bin" / "tool", out_dir / "bin" / "tool2"
+    assert tool.read_bytes() == tool2.read_bytes() == b"payload"
+    assert tool.stat().st_ino == tool2.stat().st_ino
+    assert tool.stat().st_nlink == 2
+    st = tool.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 7, 8)
+    assert st.st_mtime_ns == (MTIME + 5) * 1_000_000_000
+    assert result.layer_passes == 1
+    # The whole image: the upper layer's lib/real, the links keep the lower one.
+    export(cache_dir, "/", out_dir / "all")
+    assert (out_dir / "all/lib/real").read_bytes() == b"changed later"
+    assert (out_dir / "all/bin/tool").read_bytes() == b"payload"
+    assert (out_dir / "all/lib/alias").stat().st_ino == (out_dir / "all/bin/tool").stat().st_ino
+
+
+@pytest.mark.parametrize("source", ["/", "bin"])
+def test_the_last_entry_naming_a_file_sets_its_attributes(
+    cache_dir: Path, out_dir: Path, source: str
+) -> None:
+    """Docker's unpacker chowns, chmods and times each hardlink entry's path, which is the
+    shared file (tests/integration/test_export_file.py shows it on a real dockerd)."""
+    layers = [
+        layer_tar(
+            directory("lib"),
+            file("lib/a", b"a", mode=0o600, uid=1, gid=1, mtime=MTIME + 1),
+            directory("bin"),
+            hardlink("bin/b", "lib/a", mode=0o750, uid=2, gid=3, mtime=MTIME + 2),
+            hardlink("lib/c", "lib/a", mode=0o755, uid=4, gid=5, mtime=MTIME + 3),
+            file("bin/d", b"d", mode=0o600, mtime=MTIME + 1),
+            hardlink("bin/e", "bin/d", mode=0o711, uid=6, gid=7, mtime=MTIME + 4),
+        )
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, source, out_dir / "x")
+    bin_dir = out_dir / "x" / ("bin" if source == "/" else "")
+    for name, attributes in {"b": (0o755, 4, 5, MTIME + 3), "e": (0o711, 6, 7, MTIME + 4)}.items():
+        st = (bin_dir / name).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)) == attributes
+
+
+def test_modes_times_and_owners(cache_dir: Path, out_dir: Path) -> None:
+    layers = [
+        layer_tar(
+            directory("t", mode=0o750, uid=1000, gid=1001, mtime=MTIME + 1),
+            file("t/suid", b"s", mode=0o4755, mtime=MTIME + 2),
+            file("t/secret", b"p", mode=0o600, uid=1000, gid=1001, mtime=MTIME + 3),
+            directory("t/ro", mode=0o555, mtime=MTIME + 4),
+            file("t/ro/inside", b"i", mode=0o444, mtime=MTIME + 5),
+            symlink("t/link", "secret", uid=1000, gid=1001, mtime=MTIME + 6),
+            directory("t/sticky", mode=0o1777, mtime=MTIME + 7),
+        )
+    ]
+    put_image(cache_dir, REF, layers)
+    export(cache_dir, "t", out_dir / "t")
+    expected = {
+        ".": (0o750, 1000, 1001, MTIME + 1),
+        "suid": (0o4755, 0, 0, MTIME + 2),
+        "secret": (0o600, 1000, 1001, MTIME + 3),
+        "ro": (0o555, 0, 0, MTIME + 4),
+        "ro/inside": (0o444, 0, 0, MTIME + 5),
+        "sticky": (0o1777, 0, 0, MTIME + 7),
+    }
+    for rel, (mode, uid, gid, mtime) in expected.items():
+        st = (out_dir / "t" / rel).lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)) == (
+            mode,
+            uid,
+            gid,
+            mtime,
+        ), rel
+    link = (out_dir / "t/link").lstat()
+    assert (link.st_uid, link.st_gid, int(link.st_mtime)) == (1000, 1001, MTIME + 6)
+    # Not as root (tar's --no-same-owner): the files are the user's.
+    export(cache_dir, "t", out_dir / "mine", preserve_owner=False)
+    assert (out_dir / "mine/secret").stat().st_uid == os.geteuid()
+    assert stat.S_IMODE((out_dir / "mine/secret").stat().st_mode) == 0o600
+
+
+def test_device_nodes_and_fifos(
+    request: pytest.FixtureRequest, cache_dir: Path, out_dir: Path
+) -> None:
+    if os.geteuid() != 0:
+        require_component(request.config, "device nodes need root")
+    layers = [layer_tar(directory("n"), char_device("n/null", 1, 3), fifo("n/pipe"))]
+    put_image(cache_dir, REF, layers)
+    result = export(cache_dir, "n", out_dir / "root")
+    assert tree(out_dir / "root") == {
+        ".": ("dir", 0o755),
+        "null": ("char", 0o666, 1, 3),
+        "pipe": ("fifo", 0o640),
+    }
+    assert result.skipped == ()
+    # Where mknod isn't allowed (not root), devices are left out and named; fifos still made.
+    result = export(cache_dir, "n", out_dir / "user", create_devices=False)
+    assert tree(out_dir / "user") == {".": ("dir", 0o755), "pipe": ("fifo", 0o640)}
+    assert result.skipped == (str(out_dir / "user" / "null"),)
+
+
+# --- SOURCE and DEST --------------------------------------------------------------------------
+
+SYMLINKED_LAYERS = [
+    layer_tar(
+        directory("opt"),
+        directory("opt/real-1"),
+        directory("opt/real-1/bin"),
+        file("opt/real-1/bin/tool", b"v1", mode=0o755),
+        symlink("opt/app", "real-1"),
+        directory("usr"),
+        symlink("usr/local", "/opt/app"),  # absolute: the image's root, not the host's
+        symlink("up", "../../../../opt"),  # climbing above the root stops at the root
+    ),
+    layer_tar(
+        directory("opt"),
+        directory("opt/real-2"),
+        directory("opt/real-2/bin"),
+        file("opt/real-2/bin/tool", b"v2", mode=0o755),
+        symlink("opt/app", "real-2"),  # the image's final state counts
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "source", ["usr/local/bin/tool", "/usr/local/bin/tool", "up/app/bin/tool", "opt/app/bin/tool"]
+)
+def test_source_through_in_image_symlinks(cache_dir: Path, out_dir: Path, source: str) -> None:
+    put_image(cache_dir, REF, SYMLINKED_LAYERS)
+    result = export(cache_dir, source, out_dir / "tool")
+    assert tree(out_dir / "tool") == {".": ("file", 0o755, b"v2")}
+    assert (result.source, result.kind, result.layer_passes) == ("/opt/real-2/bin/tool", "file", 2)
+
+
+def test_a_directory_source_through_symlinks_and_a_trailing_slash(
+    cache_dir: Path, out_dir: Path
+) -> None:
+    put_image(cache_dir, REF, SYMLINKED_LAYERS)
+    export(cache_dir, "usr/local/bin", out_dir / "bin")
+    assert tree(out_dir / "bin") == {".": ("dir", 0o755), "tool": ("file", 0o755, b"v2")}
+    # A trailing slash follows the last symlink too (as a shell path does).
+    export(cache_dir, "usr/local/", out_dir / "app")
+    assert sorted(tree(out_dir / "app")) == [".", "bin", "bin/tool"]
+    export(cache_dir, "usr/local", out_dir / "link")
+    assert tree(out_dir / "link") == {".": ("symlink", "/opt/app")}
+    # ".." after a symlink leaves the symlink's target (/opt/real-2), not /usr, as in a shell.
+    export(cache_dir, "usr/local/../real-1/bin/tool", out_dir / "v1")
+    assert tree(out_dir / "v1") == {".": ("file", 0o755, b"v1")}
+
+
+def test_file_and_directory_destinations(capsys: Capture, cache_dir: Path, out_dir: Path) -> None:
+    put_image(cache_dir, REF, SYMLINKED_LAYERS)
+    # The parents of DEST are created, as Forklift creates the export's directory.
+    code, _, _ = run(capsys, cache_dir, REF, "opt/real-2/bin/tool", "-o", str(out_dir / "a/b/t"))
+    assert code == 0
+    assert (out_dir / "a/b/t").read_bytes() == b"v2"
+    # An existing file is replaced by a file, an empty directory by a directory.
+    code, _, _ = run(capsys, cache_dir, REF, "opt/real-1/bin/tool", "-o", str(out_dir / "a/b/t"))
+    assert code == 0
+    assert (out_dir / "a/b/t").read_bytes() == b"v1"
+    (out_dir / "empty").mkdir()
+    code, _, _ = run(capsys, cache_dir, REF, "opt/real-1", "-o", str(out_dir / "empty"))
+    assert code == 0
+    assert sorted(tree(out_dir / "empty")) == [".", "bin", "bin/tool"]
+    # A directory with something in it is never replaced or merged into.
+    code, _, err = run(capsys, cache_dir, REF, "opt/real-2", "-o", str(out_dir / "a"))
+    assert code == 1
+    assert f"{out_dir / 'a'} already exists and isn't empty" in err
+    assert (out_dir / "a/b/t").read_bytes() == b"v1"
+    # A file over an (empty) directory: the message says what to give instead.
+    (out_dir / "dir").mkdir()
+    code, _, err = run(capsys, cache_dir, REF, "opt/real-2/bin/tool", "-o", str(out_dir / "dir"))
+    assert code == 1
+    assert f"{out_dir / 'dir'} is a directory and /opt/real-2/bin/tool is a file" in err
+    assert list((out_dir / "dir").iterdir()) == []
+    assert not list(out_dir.rglob(".*partial"))
+
+
+def test_missing_sources_and_images(capsys: Capture, cache_dir: Path, out_dir: Path) -> None:
+    put_image(cache_dir, REF, SYMLINKED_LAYERS)
+    cases = {
+        "opt/real-2/bin/nothing": "/opt/real-2/bin/nothing doesn't exist in the image",
+        "nothing/at/all": "/nothing doesn't exist in the image",
+        "opt/real-2/bin/tool/under": "/opt/real-2/bin/tool is a file in the image",
+    }
+    for source, message in cases.items():
+        code, _, err = run(capsys, cache_dir, REF, source, "-o", str(out_dir / "x"))
+        assert code == 1, source
+        assert err.strip().splitlines() == [
+            f"Error: couldn't export {source} from {REF}: {message}"
+        ]
+        assert not (out_dir / "x").exists()
+    code, _, err = run(capsys, cache_dir, "registry.example/other:1", "a", "-o", str(out_dir / "x"))
+    assert code == 1
+    assert "the image is not in the cache" in err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_symlink_loops_fail_with_one_line(capsys: Capture, cache_dir: Path, out_dir: Path) -> None:
+    put_image(cache_dir, REF, [layer_tar(symlink("a", "b"), symlink("b", "/a"))])
+    code, _, err = run(capsys, cache_dir, REF, "a/x", "-o", str(out_dir / "x"))
+    assert code == 1
+    assert err.strip() == (
+        f"Error: couldn't export a/x from {REF}: too many levels of symbolic links in the image"
+    )
+
+
+def test_platform_of_an_image_index(capsys: Capture, cache_dir: Path, out_dir: Path) -> None:
+    put_index(
+        cache_dir,
+        REF,
+        {
+            "linux/amd64": [layer_tar(file("arch", b"amd64"))],
+            "linux/arm64": [layer_tar(file("arch", b"arm64"))],
+        },
+    )
+    for platform in ("linux/amd64", "linux/arm64"):
+        dest = out_dir / platform.replace("/", "-")
+        code, _, _ = run(capsys, cache_dir, "--platform", platform, REF, "arch", "-o", str(dest))
+        assert code == 0
+        assert dest.read_bytes() == platform.split("/")[1].encode()
+
+
+def test_a_tar_on_stdout(capsysbinary: pytest.CaptureFixture[bytes], cache_dir: Path) -> None:
+    layers = [
+        layer_tar(
+            directory("srv", mode=0o750, uid=5, gid=6),
+            file("srv/a", b"aaa", mode=0o640, uid=5, gid=6),
+            hardlink("srv/b", "srv/a", mode=0o640, uid=5, gid=6),
+            symlink("srv/c", "/srv/a"),
+            char_device("srv/null", 1, 3),
+        )
+    ]
+    put_image(cache_dir, REF, layers)
+    code = cli.main(
+        ["--cache-dir", str(cache_dir), "cache", "export-file", REF, "srv", "-o", "-"],
+        env={"HOME": "/nonexistent"},
+    )
+    assert code == 0
+    data = capsysbinary.readouterr().out
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert list(members) == ["srv", "srv/a", "srv/b", "srv/c", "srv/null"]
+        assert (members["srv"].mode, members["srv"].uid, members["srv"].gid) == (0o750, 5, 6)
+        a = members["srv/a"]
+        assert (a.mode, a.uid, a.gid, a.mtime) == (0o640, 5, 6, MTIME)
+        extracted = tar.extractfile(a)
+        assert extracted is not None
+        assert extracted.read() == b"aaa"
+        assert members["srv/b"].islnk()
+        assert members["srv/b"].linkname == "srv/a"
+        assert (members["srv/c"].issym(), members["srv/c"].linkname) == (True, "/srv/a")
+        null = members["srv/null"]
+        # Device nodes are in the tar whoever runs it: nothing has to be created for them.
+        assert (null.ischr(), null.devmajor, null.devminor) == (True, 1, 3)
+
+
+# --- refused layers ---------------------------------------------------------------------------
+
+
+def _bad_cases(host: Path) -> dict[str, tuple[list[list[Entry]], str, str, bool]]:
+    """name -> (layers, the entry the message names, what it says, refused wherever it is).
+
+    Entries that could write outside DEST are refused anywhere in the image; entries that are
+    only invalid (a hardlink to another layer's file) are refused where they would be extracted.
+    """
+    escape_up = "../" * 12 + host.as_posix().lstrip("/")
+    return {
+        "dotdot": (
+            [[file("ok", b"1"), file("../evil", b"x")]],
+            "../evil",
+            "has a '..' component",
+            True,
+        ),
+        "dotdot-inside": (
+            [[directory("a"), file("a/../../evil", b"x")]],
+            "a/../../evil",
+            "has a '..' component",
+            True,
+        ),
+        "absolute": (
+            [[file(f"{host}/evil", b"x")]],
+            f"{host}/evil",
+            "names an absolute path",
+            True,
+        ),
+        "symlink-then-write-absolute": (
+            [[symlink("esc", str(host)), file("esc/evil", b"x")]],
+            "esc/evil",
+            f"is under /esc, a symlink to {str(host)!r} in the same layer",
+            True,
+        ),
+        "symlink-then-write-relative": (
+            [[directory("d"), symlink("d/esc", escape_up), file("d/esc/evil", b"x")]],
+            "d/esc/evil",
+            "is under /d/esc, a symlink to",
+            True,
+        ),
+        "hardlink-absolute": (
+            [[hardlink("h", f"{host}/secret")]],
+            "h",
+            f"is a hardlink to an absolute path '{host}/secret'",
+            True,
+        ),
+        "hardlink-dotdot": (
+            [[hardlink("h", escape_up + "/secret")]],
+            "h",
+            "has a '..' component",
+            True,
+        ),
+        "symlink-then-hardlink-through-it": (
+            [[symlink("esc", str(host)), hardlink("h", "esc/secret")]],
+            "h",
+            "is a hardlink to 'esc/secret', which isn't a file earlier in the same layer",
+            False,
+        ),
+        "hardlink-to-a-lower-layer": (
+            [[file("lower", b"l")], [hardlink("h", "lower")]],
+            "h",
+            "is a hardlink to 'lower', which isn't a file earlier in the same layer",
+            False,
+        ),
+        "file-then-entry-under-it": (
+            [[file("f", b"f"), file("f/under", b"x")]],
+            "f/under",
+            "is under /f, a file in the same layer",
+            False,
+        ),
+        "hardlink-from-the-tree-to-nothing-outside": (
+            [[directory("sub"), file("sub/f", b"f"), hardlink("sub/h", "missing")]],
+            "sub/h",
+            "is a hardlink to 'missing', which isn't a file earlier in the same layer",
+            True,
+        ),
+    }
+
+
+BAD_CASES = list(_bad_cases(Path("/host")))
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+@pytest.mark.parametrize("source", ["/", "sub"])
+def test_unsafe_layers_are_refused(
+    capsys: Capture, cache_dir: Path, tmp_path: Path, case: str, source: str
+) -> None:
+    host = tmp_path / "host"  # a real directory outside DEST that the entries aim at
+    host.mkdir()
+    (host / "secret").write_bytes(b"host secret")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    layers, entry, problem, anywhere = _bad_cases(host)[case]
+    if not any(e.info.name.startswith("sub/") for layer in layers for e in layer):
+        layers = [[directory("sub"), file("sub/f", b"f"), *layers[0]], *layers[1:]]
+    stored = put_image(cache_dir, REF, [layer_tar(*layer) for layer in layers])
+    code, out, err = run(capsys, cache_dir, REF, source, "-o", str(out_dir / "dest"))
+    if source == "sub" and not anywhere:
+        # The invalid entry is outside the exported tree, so nothing of it is extracted.
+        assert code == 0, err
+        assert tree(out_dir / "dest") == {".": ("dir", 0o755), "f": ("file", 0o644, b"f")}
+    else:
+        assert (code, out) == (1, "")
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        digest = stored.layer_digests[-1]
+        assert lines[0].startswith(
+            f"Error: couldn't export {source} from {REF}: layer {digest} entry {entry!r} {problem}"
+        ), lines[0]
+        assert lines[0].endswith("; refusing to extract it")
+        # Nothing at DEST and no temporary left.
+        assert list(out_dir.iterdir()) == []
+    # Nothing written on the host, ever.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "host", "out"]
+    assert sorted(p.name for p in host.iterdir()) == ["secret"]
+    assert (host / "secret").read_bytes() == b"host secret"
+    assert (host / "secret").stat().st_nlink == 1
+
+
+def test_a_damaged_layer_leaves_nothing(capsys: Capture, cache_dir: Path, out_dir: Path) -> None:
+    payload = os.urandom(64 << 10)  # incompressible, so a flipped byte stays in file data
+    stored = put_image(cache_dir, REF, [layer_tar(directory("d"), file("d/f", payload))])
+    blob = cache_dir / "blobs/sha256" / stored.layer_digests[0].removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    code, _, err = run(capsys, cache_dir, REF, "d", "-o", str(out_dir / "d"))
+    assert code == 1
+    assert stored.layer_digests[0] in err
+    assert len(err.strip().splitlines()) == 1
+    assert list(out_dir.iterdir()) == []
+
+
+def test_a_truncated_zstd_layer_is_a_read_error(
+    capsys: Capture, cache_dir: Path, out_dir: Path
+) -> None:
+    stored = put_image(
+        cache_dir, REF, [layer_tar(file("f", os.urandom(200_000)))], compression="zstd"
+    )
+    blob = cache_dir / "blobs/sha256" / stored.layer_digests[0].removeprefix("sha256:")
+    data = blob.read_bytes()
+    os.chmod(blob, 0o644)
+    blob.write_bytes(data[: len(data) // 2])
+    code, _, err = run(capsys, cache_dir, REF, "f", "-o", str(out_dir / "f"))
+    assert code == 1
+    assert f"blob {stored.layer_digests[0]}" in err or f"layer {stored.layer_digests[0]}" in err
+    assert list(out_dir.iterdir()) == []
+
+
+class CountingReader(CacheReader):
+    """A cache reader that remembers which blobs were opened."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        super().__init__(cache_dir)
+        self.opened: list[str] = []
+
+    def open_blob(
+        self, digest: str, *, verify: bool = True, expected_size: int | None = None
+    ) -> BinaryIO:
+        self.opened.append(digest)
+        return super().open_blob(digest, verify=verify, expected_size=expected_size)
+
+
+@pytest.mark.parametrize(
+    ("source", "reads"), [("opt/real-2/bin", 1), ("usr/local/bin", 2), ("no/such", 1)]
+)
+def test_each_layer_is_read_once_unless_a_symlink_leads_elsewhere(
+    cache_dir: Path, out_dir: Path, source: str, reads: int
+) -> None:
+    stored = put_image(cache_dir, REF, SYMLINKED_LAYERS)
+    reader = CountingReader(cache_dir)
+    layers = [
+        Descriptor(MEDIA_OCI_LAYER_GZIP, d, reader.blob_size(d)) for d in stored.layer_digests
+    ]
+    try:
+        export_image_path(reader, REF, layers, source, out_dir / "x")
+    except ForkliftBootError:
+        assert source == "no/such"
+    assert reader.opened == stored.layer_digests * reads
