@@ -1,0 +1,577 @@
+"""Copying images from one image cache into another (a USB stick carries one): only missing
+blobs, each verified while it streams, durable, and resumable after a crash at any moment.
+
+The destination's index.json is replaced once, after every blob it will name is durable, so
+it only ever names complete images; blobs copied before a crash stay, and a rerun skips them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from forklift_boot.cache import (
+    BUFFER_SIZE,
+    CachedImage,
+    CacheReader,
+    CacheWriter,
+    ImageCache,
+    ensure_free_space,
+    human_bytes,
+)
+from forklift_boot.cache.blobs import hash_file
+from forklift_boot.cache.durable import cache_os_error, fsync_directory, is_no_space, size_or_none
+from forklift_boot.cache.index import read_index
+from forklift_boot.cache.layout import layout_problem
+from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, BlobWalk, ReachedBlob, walk_blobs
+from forklift_boot.errors import CacheError, UsageError
+from forklift_boot.faults import checkpoint
+from forklift_boot.imaging import group_by_canonical, missing_outcome
+from forklift_boot.report import FAILED, ImageOutcome, NoProgress, Progress, RunReport
+from forklift_boot.requirements import RequiredImage
+
+__all__ = [
+    "ALREADY_THERE",
+    "COPIED",
+    "KEPT",
+    "REPLACED",
+    "UPDATED",
+    "TransferReport",
+    "copy_images",
+]
+
+log = logging.getLogger(__name__)
+
+# Per-image outcomes, besides report.MISSING and report.FAILED.
+COPIED = "copied"  # the destination had no image of that name
+REPLACED = "replaced"  # it had another manifest under that name; the source's won
+KEPT = "kept"  # it had another manifest under that name and kept it (--keep-existing)
+UPDATED = "updated"  # the same manifest: blobs it lacked (platforms, damaged ones) or refs added
+ALREADY_THERE = "already there"  # the same manifest, every blob and ref present: nothing written
+_DONE = frozenset({COPIED, REPLACED, KEPT, UPDATED, ALREADY_THERE})
+
+# What a blob costs beyond its bytes on the destination's filesystem (its last, partial block),
+# and room for index.json's temporary: added to the free-space check.
+_BLOCK_SLACK = 4096
+_INDEX_SLACK = 1 << 20
+
+
+@dataclass
+class TransferReport(RunReport):
+    """What a copy did, image by image, and the blobs it copied or found already there."""
+
+    source_dir: Path
+    destination_dir: Path
+    blobs_copied: int = 0
+    bytes_copied: int = 0
+    blobs_skipped: int = 0  # already in the destination
+    bytes_skipped: int = 0
+    # A destination-wide failure (a full disk) that stopped the copy; the images done before it
+    # are recorded.
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.error is not None else super().exit_code
+
+    def headline(self) -> str:
+        """``4/5 images in DEST (2 copied, 2 already there); 9 blobs copied (210 MiB), 3 already
+        there (1.2 MiB), 2.1 s``."""
+        counts = [
+            f"{self.count(status)} {status}"
+            for status in (COPIED, REPLACED, UPDATED, KEPT, ALREADY_THERE)
+            if self.count(status)
+        ]
+        return (
+            f"{self.count(*_DONE)}/{len(self.outcomes)} images in {self.destination_dir}"
+            + (f" ({', '.join(counts)})" if counts else "")
+            + f"; {self.blobs_copied} blobs copied ({human_bytes(self.bytes_copied)}), "
+            f"{self.blobs_skipped} already there ({human_bytes(self.bytes_skipped)}), "
+            f"{self.seconds:.1f} s"
+        )
+
+    def json_fields(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source_dir),
+            "destination": str(self.destination_dir),
+            "error": self.error,
+            "blobs": {
+                "copied": self.blobs_copied,
+                "bytes_copied": self.bytes_copied,
+                "skipped": self.blobs_skipped,
+                "bytes_skipped": self.bytes_skipped,
+            },
+        }
+
+
+def copy_images(
+    source: ImageCache,
+    destination: ImageCache,
+    required: Sequence[RequiredImage] | None = None,
+    *,
+    keep_existing: bool = False,
+    progress: Progress | None = None,
+) -> TransferReport:
+    """Copies the ``required`` images (all of them with None) from ``source`` into
+    ``destination``, which is created if missing and otherwise merged into.
+
+    Entries are matched by canonical name. Where both hold the same name with different
+    manifests, the source's replaces the destination's (its blobs stay until `cache del-img`
+    collects them), unless ``keep_existing``; the refs as written are always the union.
+    """
+    progress = progress or NoProgress()
+    report = TransferReport(source.cache_dir, destination.cache_dir)
+    _check_source(source.cache_dir)
+    if _is_same_directory(source.cache_dir, destination.cache_dir):
+        raise UsageError(
+            f"couldn't copy images: {source.cache_dir} and {destination.cache_dir} are the same "
+            "image cache; name another directory"
+        )
+    with source.reading() as reader:
+        stash = _DocumentStash(reader)
+        plans = _plan(reader, stash, required, report)
+        if not destination.cache_dir.exists():
+            # Checked before the directory is created, so a copy that can't fit leaves nothing.
+            _ensure_space(destination.cache_dir, _distinct(plans))
+        with destination.writing() as writer:
+            _Copier(reader, writer, stash, report, progress, keep_existing=keep_existing).run(plans)
+    for outcome in report.outcomes:
+        if outcome.status not in (COPIED, REPLACED, UPDATED, FAILED):  # shown as they ended
+            progress.finish_image(outcome)
+    report.outcomes.sort(key=lambda outcome: outcome.name)
+    return report.finish()
+
+
+# Planning
+
+
+@dataclass
+class _Plan:
+    """A source image to copy: its entry, everything it reaches, and how it was asked for."""
+
+    image: CachedImage
+    walk: BlobWalk
+    essential: bool = True
+
+    @property
+    def blobs(self) -> list[ReachedBlob]:
+        return self.walk.reached
+
+
+def _plan(
+    reader: CacheReader,
+    stash: _DocumentStash,
+    required: Sequence[RequiredImage] | None,
+    report: TransferReport,
+) -> list[_Plan]:
+    """The source's images to copy, each followed through its blobs; damaged ones and wanted
+    ones the source lacks become outcomes right away."""
+    listed = reader.images()
+    images: dict[str, CachedImage] = {}
+    for image in listed:
+        if image.canonical in images:
+            log.warning(
+                "%s/index.json names %s twice; copying the first entry",
+                reader.cache_dir,
+                image.canonical,
+            )
+            continue
+        images[image.canonical] = image
+    selected: list[tuple[CachedImage, bool]]
+    if required is None:
+        selected = [(image, True) for image in images.values()]
+        others = len(read_index(reader.cache_dir).entries) - len(listed)
+        if others > 0:
+            log.warning(
+                "left out %d index.json entries of %s that name no forklift-boot image "
+                "(another tool's)",
+                others,
+                reader.cache_dir,
+            )
+    else:
+        selected = []
+        for wanted in group_by_canonical(required):
+            found = images.get(wanted.canonical)
+            if found is None:
+                detail = f"not in the image cache {reader.cache_dir}"
+                report.outcomes.append(missing_outcome(wanted, detail))
+            else:
+                selected.append((found, wanted.essential))
+    plans: list[_Plan] = []
+    for image, essential in selected:
+        walk = walk_blobs(stash, image.descriptor)
+        problem = walk.image_problem()
+        if problem is None:
+            plans.append(_Plan(image, walk, essential))
+            continue
+        message = _source_problem(image.canonical, reader.cache_dir, problem)
+        log.error("%s", message)
+        report.outcomes.append(_outcome(image, FAILED, message, essential=essential))
+    return plans
+
+
+class _DocumentStash:
+    """The source as walk_blobs sees it; keeps the bytes of the manifests and indexes it reads
+    (verified against their digests), so that copying them needs no second read."""
+
+    def __init__(self, reader: CacheReader) -> None:
+        self._reader = reader
+        self.documents: dict[str, bytes] = {}
+
+    def has_blob(self, digest: str) -> bool:
+        return self._reader.has_blob(digest)
+
+    def blob_size(self, digest: str) -> int:
+        return self._reader.blob_size(digest)
+
+    def read_json(self, digest: str, *, expected_size: int | None = None) -> Any:
+        data, document = self._reader.read_document(digest, expected_size=expected_size)
+        self.documents[digest] = data
+        return document
+
+
+# Copying
+
+
+class _SourceBlobError(Exception):
+    """A source blob turned out damaged or unreadable while it was copied."""
+
+    def __init__(self, reached: ReachedBlob, problem: str) -> None:
+        super().__init__(problem)
+        self.reached = reached
+        self.problem = problem
+
+
+class _Copier:
+    """Copies the planned images under both locks; one instance per run."""
+
+    def __init__(
+        self,
+        reader: CacheReader,
+        writer: CacheWriter,
+        stash: _DocumentStash,
+        report: TransferReport,
+        progress: Progress,
+        *,
+        keep_existing: bool,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.stash = stash
+        self.report = report
+        self.progress = progress
+        self.keep_existing = keep_existing
+        # Digests already counted as copied or skipped: a shared blob counts once.
+        self.counted: set[str] = set()
+        self.buffer = bytearray(BUFFER_SIZE)
+
+    def run(self, plans: Sequence[_Plan]) -> None:
+        existing = {image.canonical: image for image in self.writer.images()}
+        to_copy: list[tuple[_Plan, CachedImage | None]] = []
+        entries: list[CachedImage] = []
+        for plan in plans:
+            current = existing.get(plan.image.canonical)
+            if current is not None and current.descriptor.digest != plan.image.descriptor.digest:
+                if self.keep_existing:
+                    self._keep(plan, current, entries)
+                    continue
+                log.warning(
+                    "%s in %s is another image (manifest %s, image ID %s); the copy from %s "
+                    "(manifest %s, image ID %s) replaces it (--keep-existing keeps it)",
+                    plan.image.canonical,
+                    self.writer.cache_dir,
+                    current.descriptor.digest,
+                    current.image_id or "unknown",
+                    self.reader.cache_dir,
+                    plan.image.descriptor.digest,
+                    plan.image.image_id or "unknown",
+                )
+            to_copy.append((plan, current))
+        missing = self._missing_sizes([plan for plan, _ in to_copy])
+        _ensure_space(self.writer.cache_dir, missing)
+        # What each image will copy, a blob shared by several counted for the first of them.
+        sizes = [
+            sum(missing.pop(b.descriptor.digest, 0) for b in plan.blobs) for plan, _ in to_copy
+        ]
+        total = sum(1 for size in sizes if size)
+        number = 0
+        copied: list[tuple[_Plan, ImageOutcome]] = []
+        for position, ((plan, current), size) in enumerate(zip(to_copy, sizes, strict=True)):
+            if size:
+                number += 1
+                self.progress.start_image(number, total, plan.image.canonical, size)
+            try:
+                new_bytes = self._copy_image(plan)
+            except _SourceBlobError as err:
+                self._fail_image(plan, err)
+                continue
+            except CacheError as err:
+                self._stop(err, [p for p, _ in to_copy[position:]])
+                break
+            entry, status, detail = self._entry(plan, current, new_bytes)
+            if entry is not None:
+                entries.append(entry)
+            outcome = _outcome(plan.image, status, detail, plan.essential, new_bytes)
+            copied.append((plan, outcome))
+            if status in (COPIED, REPLACED, UPDATED):
+                self.progress.finish_image(outcome)
+        checkpoint("blobs-durable")
+        if entries:
+            try:
+                self.writer.put_images(entries)
+            except CacheError as err:
+                # The blobs are durable and a rerun skips them; only the index could not change.
+                message = f"couldn't record the copied images in {self.writer.cache_dir}: {err}"
+                log.error("%s", message)
+                self.report.error = self.report.error or message
+                recorded = {entry.canonical for entry in entries}
+                copied = [
+                    (plan, _outcome(plan.image, FAILED, message, plan.essential))
+                    if plan.image.canonical in recorded
+                    else (plan, outcome)
+                    for plan, outcome in copied
+                ]
+        self.report.outcomes.extend(outcome for _, outcome in copied)
+
+    def _keep(self, plan: _Plan, current: CachedImage, entries: list[CachedImage]) -> None:
+        log.warning(
+            "%s in %s is another image (manifest %s) than in %s (manifest %s); kept it "
+            "(--keep-existing)",
+            plan.image.canonical,
+            self.writer.cache_dir,
+            current.descriptor.digest,
+            self.reader.cache_dir,
+            plan.image.descriptor.digest,
+        )
+        refs = _union(current.refs, plan.image.refs)
+        if refs != current.refs:
+            entries.append(replace(current, refs=refs))
+        detail = f"differs from the source's (manifest {plan.image.descriptor.digest})"
+        self.report.outcomes.append(_outcome(plan.image, KEPT, detail, plan.essential))
+
+    def _entry(
+        self, plan: _Plan, current: CachedImage | None, new_bytes: int
+    ) -> tuple[CachedImage | None, str, str]:
+        """The index entry to write (None: the current one stays), the outcome and its detail."""
+        image = plan.image
+        if current is None:
+            return image, COPIED, ""
+        refs = _union(current.refs, image.refs)
+        if current.descriptor.digest != image.descriptor.digest:
+            detail = f"was manifest {current.descriptor.digest}"
+            return replace(image, refs=refs), REPLACED, detail
+        if refs != current.refs:
+            return replace(current, refs=refs), UPDATED, "refs added"
+        if new_bytes:
+            return None, UPDATED, "blobs it lacked added"
+        return None, ALREADY_THERE, ""
+
+    def _missing_sizes(self, plans: Sequence[_Plan]) -> dict[str, int]:
+        """digest -> size of every blob the destination lacks (by name and size), each once,
+        in the order the plans need them."""
+        missing: dict[str, int] = {}
+        for plan in plans:
+            for reached in plan.blobs:
+                digest = reached.descriptor.digest
+                if digest not in missing and size_or_none(self.writer.blob_path(digest)) != (
+                    reached.descriptor.size
+                ):
+                    missing[digest] = reached.descriptor.size
+        return missing
+
+    def _copy_image(self, plan: _Plan) -> int:
+        """Copies what the destination lacks of one image, children before parents; returns
+        the bytes written. A damaged source blob undoes this image's new blobs."""
+        new_paths: list[tuple[Path, int]] = []
+        written = 0
+        try:
+            for reached in reversed(plan.blobs):
+                descriptor = reached.descriptor
+                if descriptor.digest in self.counted:
+                    continue  # this run copied it (or found it) for an earlier image
+                if self._is_present(reached):
+                    self.counted.add(descriptor.digest)
+                    self.report.blobs_skipped += 1
+                    self.report.bytes_skipped += descriptor.size
+                    continue
+                is_new = self._copy_blob(reached)
+                self.counted.add(descriptor.digest)
+                self.report.blobs_copied += 1
+                self.report.bytes_copied += descriptor.size
+                written += descriptor.size
+                if is_new:
+                    new_paths.append((self.writer.blob_path(descriptor.digest), descriptor.size))
+        except _SourceBlobError:
+            # The destination stays as it was for this image: its new blobs go again, and
+            # are neither counted as copied nor taken as present by a later image.
+            self._remove([path for path, _ in new_paths])
+            for path, size in new_paths:
+                self.counted.discard(f"sha256:{path.name}")
+                self.report.blobs_copied -= 1
+                self.report.bytes_copied -= size
+            raise
+        return written
+
+    def _is_present(self, reached: ReachedBlob) -> bool:
+        """The destination has the blob: the right size, as every write of the cache trusts it;
+        manifests and indexes, which are read whole anyway, must also hash right."""
+        descriptor = reached.descriptor
+        path = self.writer.blob_path(descriptor.digest)
+        if size_or_none(path) != descriptor.size:
+            return False
+        if reached.role not in (ROLE_INDEX, ROLE_MANIFEST):
+            return True
+        actual, _ = hash_file(path)
+        if actual == descriptor.digest:
+            return True
+        log.warning(
+            "blob %s in %s is corrupt (its content hashes to %s); copying it again",
+            descriptor.digest,
+            self.writer.cache_dir,
+            actual,
+        )
+        self._remove([path])
+        return False
+
+    def _copy_blob(self, reached: ReachedBlob) -> bool:
+        """One blob into the destination, hashed as it streams; True if it was written anew."""
+        descriptor = reached.descriptor
+        document = self.stash.documents.get(descriptor.digest)
+        with self.writer.blob_writer() as blob:
+            if document is not None:
+                blob.write(document)  # read and verified while the source was walked
+                self.progress.add_bytes(len(document))
+            else:
+                self._stream(reached, blob.write)
+            if blob.size != descriptor.size:
+                raise _SourceBlobError(
+                    reached, f"has {blob.size} bytes, expected {descriptor.size}"
+                )
+            if blob.digest != descriptor.digest:
+                raise _SourceBlobError(reached, f"is corrupt: its content hashes to {blob.digest}")
+            return blob.commit(descriptor.digest, descriptor.size).is_new
+
+    def _stream(self, reached: ReachedBlob, write: Callable[[memoryview], int]) -> None:
+        descriptor = reached.descriptor
+        path = self.reader.blob_path(descriptor.digest)
+        view = memoryview(self.buffer)
+        size = 0
+        try:
+            with path.open("rb", buffering=0) as file:
+                while count := file.readinto(self.buffer):
+                    size += count
+                    if size > descriptor.size:
+                        # Stop before a blob that grew fills the destination.
+                        raise _SourceBlobError(
+                            reached, f"is longer than its {descriptor.size} bytes"
+                        )
+                    write(view[:count])
+                    self.progress.add_bytes(count)
+        except FileNotFoundError as err:
+            raise _SourceBlobError(reached, "is missing") from err
+        except OSError as err:
+            cause = err.strerror or str(err)
+            raise _SourceBlobError(reached, f"can't be read ({cause})") from err
+
+    def _fail_image(self, plan: _Plan, err: _SourceBlobError) -> None:
+        problem = f"blob {err.reached.descriptor.digest} ({err.reached.role}) {err.problem}"
+        message = _source_problem(plan.image.canonical, self.reader.cache_dir, problem)
+        log.error("%s", message)
+        outcome = _outcome(plan.image, FAILED, message, plan.essential)
+        self.report.outcomes.append(outcome)
+        self.progress.finish_image(outcome)
+
+    def _stop(self, err: CacheError, plans: Sequence[_Plan]) -> None:
+        """The destination failed (full, read-only, I/O error): no other image can go there."""
+        message = str(err)
+        if _is_no_space(err):
+            message = (
+                f"couldn't copy {plans[0].image.canonical} to the image cache "
+                f"{self.writer.cache_dir}: no space left on its filesystem; free some space "
+                "there and run the command again (the blobs copied so far are kept)"
+            )
+        log.error("%s", message)
+        self.report.error = message
+        for number, plan in enumerate(plans):
+            detail = message if number == 0 else "not copied: the destination failed"
+            self.report.outcomes.append(_outcome(plan.image, FAILED, detail, plan.essential))
+
+    def _remove(self, paths: Sequence[Path]) -> None:
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                raise cache_os_error("remove", path, err) from err
+        if paths:
+            fsync_directory(paths[0].parent)
+
+
+# Helpers
+
+
+def _check_source(cache_dir: Path) -> None:
+    if not cache_dir.is_dir():
+        raise CacheError(
+            f"couldn't read the image cache {cache_dir}: "
+            + ("not a directory" if cache_dir.exists() else "no such directory")
+        )
+    problem = layout_problem(cache_dir)
+    if problem is not None:
+        raise CacheError(f"couldn't read the image cache {cache_dir}: {problem}")
+
+
+def _is_same_directory(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return first.resolve() == second.resolve()
+
+
+def _distinct(plans: Sequence[_Plan]) -> dict[str, int]:
+    return {b.descriptor.digest: b.descriptor.size for plan in plans for b in plan.blobs}
+
+
+def _ensure_space(directory: Path, missing: dict[str, int]) -> None:
+    if not missing:
+        return
+    needed = sum(missing.values()) + _BLOCK_SLACK * len(missing) + _INDEX_SLACK
+    ensure_free_space(
+        directory,
+        needed,
+        f"copying {len(missing)} blobs",
+        action="copy images",
+        hint="free some space or choose another destination",
+    )
+
+
+def _is_no_space(err: BaseException) -> bool:
+    cause = err.__cause__
+    return isinstance(cause, OSError) and is_no_space(cause)
+
+
+def _source_problem(name: str, source_dir: Path, problem: str) -> str:
+    return (
+        f"couldn't copy {name} from the image cache {source_dir}: {problem}; "
+        f"check it with `forklift-boot cache verify --cache-dir {source_dir}`"
+    )
+
+
+def _union(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted({*first, *second}))
+
+
+def _outcome(
+    image: CachedImage, status: str, detail: str = "", essential: bool = True, new_bytes: int = 0
+) -> ImageOutcome:
+    return ImageOutcome(
+        name=image.canonical,
+        refs=image.refs or (image.canonical,),
+        status=status,
+        detail=detail,
+        essential=essential,
+        bytes_written=new_bytes,
+    )
