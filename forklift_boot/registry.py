@@ -17,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -51,7 +51,9 @@ __all__ = [
     "Endpoint",
     "Manifest",
     "ManifestHead",
+    "RegistryAccessError",
     "RegistryClient",
+    "RegistryConnectionError",
     "Repository",
     "RetryPolicy",
     "endpoints_for",
@@ -243,6 +245,34 @@ def manifest_media_type(content_type: str | None, data: bytes) -> str:
     return served
 
 
+class RegistryAccessError(RegistryError):
+    """The registry refused our credentials, or needs some (HTTP 401/403)."""
+
+
+class RegistryConnectionError(RegistryError):
+    """The registry (or its token service) can't be reached: refused, timed out, TLS."""
+
+
+@dataclass(frozen=True)
+class _AuthKey:
+    """The access a token was asked for: tokens are scoped, basic credentials are not."""
+
+    base_url: str
+    repository: str
+    push: bool = False
+    mount_from: str | None = None
+
+    def scopes(self, challenged: str | None) -> list[str]:
+        """Pulling takes the scope the registry named in its challenge; pushing asks for
+        pull and push, and pull on the repository a blob is mounted from (as Docker does)."""
+        if not self.push:
+            return [challenged or f"repository:{self.repository}:pull"]
+        scopes = [f"repository:{self.repository}:pull,push"]
+        if self.mount_from is not None and self.mount_from != self.repository:
+            scopes.append(f"repository:{self.mount_from}:pull")
+        return scopes
+
+
 class BlobSink(Protocol):
     """Where downloaded blobs go: the cache's writer (``CacheWriter.blob_writer``)."""
 
@@ -274,8 +304,10 @@ class RegistryClient:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
-        # (endpoint base URL, repository) -> Authorization header value (never logged)
-        self._auth: dict[tuple[str, str], str] = {}
+        # Authorization header values (never logged): per access asked for, and basic auth's
+        # per registry.
+        self._auth: dict[_AuthKey, str] = {}
+        self._basic: dict[str, str] = {}
 
     def repository(self, ref: ImageRef) -> Repository:
         return Repository(self, ref)
@@ -312,34 +344,62 @@ class RegistryClient:
         *,
         headers: dict[str, str] | None = None,
         what: str,
+        url: str | None = None,
+        params: Mapping[str, str] | None = None,
+        body: bytes | Iterable[bytes] | None = None,
+        push: bool = False,
+        mount_from: str | None = None,
     ) -> requests.Response:
         """One request to ``endpoint``: authenticates on a 401 challenge, retries 429, 5xx and
         dropped connections with backoff, honouring Retry-After. The body streams; callers
-        close the response. 4xx other than 401/429 are returned to the caller."""
+        close the response. 4xx other than 401/429 are returned to the caller.
+
+        ``url`` replaces ``path`` (an upload's ``Location``); ``body`` is sent again from its
+        start on a retry, so an iterable must be iterable afresh. ``push`` asks for
+        ``pull,push`` access to ``repository``, and ``mount_from`` also for pulling from the
+        repository a blob is mounted from.
+        """
+        at = f"{'on' if push else 'from'} {endpoint.host}"
         if self.offline:
             raise RegistryError(
-                f"couldn't {what} from {endpoint.host}: --offline forbids network access; "
+                f"couldn't {what} {at}: --offline forbids network access; "
                 "cache it from Docker (--from docker) or run without --offline"
             )
-        url = f"{endpoint.base_url}/v2/{repository}/{path}" if path else f"{endpoint.base_url}/v2/"
-        key = (endpoint.base_url, repository)
+        if url is None:
+            url = (
+                f"{endpoint.base_url}/v2/{repository}/{path}"
+                if path
+                else f"{endpoint.base_url}/v2/"
+            )
+        # Our credentials go to the registry only, never to another host an upload names.
+        is_own = urlsplit(url).netloc == endpoint.host
+        key = _AuthKey(endpoint.base_url, repository, push, mount_from)
         attempts = self.retry.mirror_attempts if endpoint.is_mirror else self.retry.attempts
         attempt = 0
         authenticated = False
         while True:
             attempt += 1
             sent = dict(headers or {})
-            authorization = self._auth.get(key)
-            if authorization is not None:
+            authorization = self._auth.get(key) or self._basic.get(endpoint.base_url)
+            if authorization is not None and is_own:
                 sent["Authorization"] = authorization
             try:
                 response = self._session(endpoint).request(
-                    method, url, headers=sent, stream=True, timeout=TIMEOUT, allow_redirects=True
+                    method,
+                    url,
+                    headers=sent,
+                    params=params,
+                    data=body,
+                    stream=True,
+                    timeout=TIMEOUT,
+                    # A redirected upload would need its body again: uploads never follow.
+                    allow_redirects=method in ("GET", "HEAD"),
                 )
             except requests.exceptions.SSLError as err:
-                raise RegistryError(
-                    f"couldn't {what} from {endpoint.host}: TLS failed ({_reason(err)}); check "
+                raise RegistryConnectionError(
+                    f"couldn't {what} {at}: TLS failed ({_reason(err)}); check "
                     "the registry's certificate and the system's CA certificates"
+                    + (" (or --plain-http for a registry that speaks plain HTTP)" if push else "")
                 ) from err
             except (
                 requests.exceptions.ConnectionError,
@@ -347,23 +407,21 @@ class RegistryClient:
                 requests.exceptions.ChunkedEncodingError,
             ) as err:
                 if attempt >= attempts:
-                    raise RegistryError(
-                        f"couldn't {what} from {endpoint.host}: {_reason(err)} ({attempt} "
+                    raise RegistryConnectionError(
+                        f"couldn't {what} {at}: {_reason(err)} ({attempt} "
                         "attempts); check the network and the registry's address"
                     ) from err
-                self._wait(self.retry.backoff(attempt, self._rand), endpoint, what, _reason(err))
+                self._wait(self.retry.backoff(attempt, self._rand), at, what, _reason(err))
                 continue
             except requests.exceptions.RequestException as err:
-                raise RegistryError(
-                    f"couldn't {what} from {endpoint.host}: {_reason(err)}"
-                ) from err
+                raise RegistryError(f"couldn't {what} {at}: {_reason(err)}") from err
             status = response.status_code
             log.debug("%s %s -> %d", method, url, status)
             if status == 401 and not authenticated:
                 challenges = parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
                 response.close()
                 self._auth.pop(key, None)
-                self._authenticate(endpoint, repository, challenges, what)
+                self._authenticate(endpoint, key, challenges, what, at)
                 authenticated = True
                 attempt -= 1  # logging in is not a failed attempt
                 continue
@@ -373,26 +431,35 @@ class RegistryClient:
                 problem = f"HTTP {status}" + (", too many requests" if status == 429 else "")
                 if retry_after is not None and retry_after > self.retry.max_retry_after:
                     raise RegistryError(
-                        f"couldn't {what} from {endpoint.host}: {problem}, and it asks to wait "
+                        f"couldn't {what} {at}: {problem}, and it asks to wait "
                         f"{retry_after:.0f} s; try again later (Docker Hub: log in for a higher "
                         "rate limit, or use --registry-mirror)"
                     )
                 if attempt >= attempts:
                     raise RegistryError(
-                        f"couldn't {what} from {endpoint.host}: {problem} {attempt} times; try "
-                        "again later"
+                        f"couldn't {what} {at}: {problem} {attempt} times; try again later"
                     )
                 delay = (
                     retry_after
                     if retry_after is not None
                     else self.retry.backoff(attempt, self._rand)
                 )
-                self._wait(delay, endpoint, what, problem)
+                self._wait(delay, at, what, problem)
                 continue
             if status in (401, 403):
                 response.close()
-                raise RegistryError(
-                    f"couldn't {what} from {endpoint.host}: access denied (HTTP {status}); the "
+                if push:
+                    credentials = self.credentials.lookup(endpoint.credentials_host)
+                    whose = "anonymous access"
+                    if credentials is not None:
+                        whose = f"the credentials from {credentials.source}"
+                    raise RegistryAccessError(
+                        f"couldn't {what} {at}: access denied (HTTP {status}) to {whose}; log "
+                        f"in with `docker login {endpoint.credentials_host}` as a user who may "
+                        f"push to {repository} (forklift-boot reads Docker's config.json)"
+                    )
+                raise RegistryAccessError(
+                    f"couldn't {what} {at}: access denied (HTTP {status}); the "
                     "repository doesn't exist or needs credentials: log in with `docker login "
                     f"{endpoint.credentials_host}` (forklift-boot reads Docker's config.json)"
                 )
@@ -402,53 +469,55 @@ class RegistryClient:
         """Sleeps the backoff delay after the ``attempt``-th failure."""
         self._sleep(self.retry.backoff(attempt, self._rand))
 
-    def _wait(self, delay: float, endpoint: Endpoint, what: str, problem: str) -> None:
-        log.warning(
-            "couldn't %s from %s (%s); trying again in %.1f s", what, endpoint.host, problem, delay
-        )
+    def _wait(self, delay: float, at: str, what: str, problem: str) -> None:
+        log.warning("couldn't %s %s (%s); trying again in %.1f s", what, at, problem, delay)
         self._sleep(delay)
 
     def _authenticate(
-        self, endpoint: Endpoint, repository: str, challenges: Sequence[Challenge], what: str
+        self,
+        endpoint: Endpoint,
+        key: _AuthKey,
+        challenges: Sequence[Challenge],
+        what: str,
+        at: str,
     ) -> None:
         credentials = self.credentials.lookup(endpoint.credentials_host)
         by_scheme = {challenge.scheme: challenge for challenge in challenges}
-        key = (endpoint.base_url, repository)
         if "bearer" in by_scheme:
-            token = self._fetch_token(endpoint, repository, by_scheme["bearer"], what)
+            token = self._fetch_token(endpoint, key, by_scheme["bearer"], what, at)
             self._auth[key] = f"Bearer {token}"
             return
         if "basic" in by_scheme:
             if credentials is None or credentials.is_identity_token:
-                raise RegistryError(
-                    f"couldn't {what} from {endpoint.host}: it needs a user name and password; "
+                raise RegistryAccessError(
+                    f"couldn't {what} {at}: it needs a user name and password; "
                     f"log in with `docker login {endpoint.credentials_host}` (forklift-boot "
                     "reads Docker's config.json and credential helpers)"
                 )
-            self._auth[key] = credentials.basic_header()
+            # The same for every repository of the registry: no challenge per repository.
+            self._basic[endpoint.base_url] = self._auth[key] = credentials.basic_header()
             return
         schemes = ", ".join(sorted(by_scheme)) or "none"
         raise RegistryError(
-            f"couldn't {what} from {endpoint.host}: it asks for authentication that "
+            f"couldn't {what} {at}: it asks for authentication that "
             f"forklift-boot doesn't speak (WWW-Authenticate schemes: {schemes})"
         )
 
     def _fetch_token(
-        self, endpoint: Endpoint, repository: str, challenge: Challenge, what: str
+        self, endpoint: Endpoint, key: _AuthKey, challenge: Challenge, what: str, at: str
     ) -> str:
-        """A bearer token from the challenge's realm, for pulling ``repository``."""
+        """A bearer token from the challenge's realm, for pulling ``key.repository``, or for
+        pulling and pushing it (and pulling the repository a blob is mounted from)."""
         realm = challenge.params.get("realm", "")
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise RegistryError(
-                f"couldn't {what} from {endpoint.host}: its token realm {realm!r} is not a URL"
-            )
-        scope = challenge.params.get("scope") or f"repository:{repository}:pull"
-        params = {"scope": scope}
+            raise RegistryError(f"couldn't {what} {at}: its token realm {realm!r} is not a URL")
+        params: dict[str, str | list[str]] = {"scope": key.scopes(challenge.params.get("scope"))}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         credentials = self.credentials.lookup(endpoint.credentials_host)
         token_endpoint = Endpoint(f"{parts.scheme}://{parts.netloc}", endpoint.credentials_host)
+        token_at = f"at {parts.netloc}"
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -473,53 +542,50 @@ class RegistryClient:
                     )
             except requests.exceptions.RequestException as err:
                 if attempt >= attempts:
-                    raise RegistryError(
-                        f"couldn't {what} from {endpoint.host}: its token service "
+                    raise RegistryConnectionError(
+                        f"couldn't {what} {at}: its token service "
                         f"{parts.netloc} failed ({_reason(err)})"
                     ) from err
-                self._wait(self.retry.backoff(attempt, self._rand), token_endpoint, what, "token")
+                self._wait(self.retry.backoff(attempt, self._rand), token_at, what, "token")
                 continue
             status = response.status_code
             if status == 429 or 500 <= status <= 599:
                 response.close()
                 if attempt >= attempts:
                     raise RegistryError(
-                        f"couldn't {what} from {endpoint.host}: its token service "
+                        f"couldn't {what} {at}: its token service "
                         f"{parts.netloc} answered HTTP {status}; try again later"
                     )
                 delay = parse_retry_after(response.headers.get("Retry-After"), time.time())
                 if delay is None or delay > self.retry.max_retry_after:
                     delay = self.retry.backoff(attempt, self._rand)
-                self._wait(delay, token_endpoint, what, f"token service HTTP {status}")
+                self._wait(delay, token_at, what, f"token service HTTP {status}")
                 continue
             break
         if status in (401, 403):
             response.close()
             whose = f"the credentials from {credentials.source}" if credentials else "anonymous"
-            raise RegistryError(
-                f"couldn't {what} from {endpoint.host}: its token service refused {whose} "
+            raise RegistryAccessError(
+                f"couldn't {what} {at}: its token service refused {whose} "
                 f"access (HTTP {status}); check them with `docker login "
                 f"{endpoint.credentials_host}`"
             )
         if status != 200:
             response.close()
             raise RegistryError(
-                f"couldn't {what} from {endpoint.host}: its token service {parts.netloc} "
-                f"answered HTTP {status}"
+                f"couldn't {what} {at}: its token service {parts.netloc} answered HTTP {status}"
             )
         try:
             document = response.json()
         except ValueError as err:
             raise RegistryError(
-                f"couldn't {what} from {endpoint.host}: its token service's answer is not JSON"
+                f"couldn't {what} {at}: its token service's answer is not JSON"
             ) from err
         finally:
             response.close()
         token = document.get("token") or document.get("access_token") if document else None
         if not isinstance(token, str) or not token or not token.isprintable() or " " in token:
-            raise RegistryError(
-                f"couldn't {what} from {endpoint.host}: its token service gave no usable token"
-            )
+            raise RegistryError(f"couldn't {what} {at}: its token service gave no usable token")
         return token
 
 

@@ -1,0 +1,470 @@
+"""The push side of the OCI distribution API: where a cached image goes on a registry, and
+the blob and manifest requests that put it there.
+
+Blobs are looked up with ``HEAD``, mounted from another repository of the same registry when
+this run already put them there, and otherwise uploaded straight from the cache file through
+fixed buffers: small ones in one ``PUT``, big ones in one streamed ``PATCH`` (or in
+``--chunk-size`` pieces for a proxy that limits request bodies) and a closing ``PUT``.
+Manifests and indexes are sent byte for byte, so their digests stay the ones the cache has.
+Everything goes through ``RegistryClient.request``: the same credentials, tokens (scoped
+``pull,push``), retries and one-line errors as pulling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from forklift_boot.cache import BUFFER_SIZE, CacheReader, Descriptor
+from forklift_boot.cache.blobs import hash_file
+from forklift_boot.errors import CacheError, RegistryError
+from forklift_boot.refs import ImageRef
+from forklift_boot.registry import (
+    DOCKER_HUB_DOMAIN,
+    MANIFEST_ACCEPT,
+    Endpoint,
+    RegistryAccessError,
+    RegistryClient,
+    is_loopback_host,
+    registry_host,
+)
+
+__all__ = [
+    "MONOLITHIC_LIMIT",
+    "ManifestRefusedError",
+    "PushRepository",
+    "PushTarget",
+    "parse_push_target",
+    "parse_size",
+]
+
+log = logging.getLogger(__name__)
+
+# Blobs up to this size go in one PUT with the upload's POST before it: two requests.
+MONOLITHIC_LIMIT = 8 << 20
+# distribution/reference: the whole name, registry host included, is at most 255 characters.
+_NAME_TOTAL_LENGTH_MAX = 255
+_PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
+_HOST_RE = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"(?::[0-9]+)?|\[[a-fA-F0-9:]+\](?::[0-9]+)?"
+)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+# Naming
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    """A registry and the repository prefix that cached images go under."""
+
+    endpoint: Endpoint
+    prefix: str  # "" or "fleet/images": path components without slashes at either end
+
+    @property
+    def display(self) -> str:
+        """``host[/prefix]``, as the user wrote it (without a scheme)."""
+        return f"{self.endpoint.host}/{self.prefix}" if self.prefix else self.endpoint.host
+
+    def repository_for(self, ref: ImageRef) -> str:
+        """Where an image goes: ``PREFIX/<its registry>/<its repository>``.
+
+        The source registry stays in the name, as ``skopeo sync --scoped`` keeps it and as
+        Harbor keeps one proxy-cache project per upstream registry: a cache holds images of
+        several registries, and ``docker.io/acme/app`` and ``ghcr.io/acme/app`` are
+        different images. A port's ``:`` (not allowed in a repository name) becomes ``_``,
+        which no host name contains: ``127.0.0.1:5000`` -> ``127.0.0.1_5000``.
+        """
+        host = (ref.domain or DOCKER_HUB_DOMAIN).lower()
+        if host.startswith("["):
+            raise RegistryError(
+                f"couldn't name {ref.name} on {self.display}: an IPv6 registry address has no "
+                "form allowed in a repository name; cache it under a host name"
+            )
+        path = "/".join(part for part in (self.prefix, host.replace(":", "_"), ref.path) if part)
+        if len(self.endpoint.host) + 1 + len(path) > _NAME_TOTAL_LENGTH_MAX:
+            raise RegistryError(
+                f"couldn't name {ref.name} on {self.display}: {self.endpoint.host}/{path} is "
+                f"longer than the {_NAME_TOTAL_LENGTH_MAX} characters a reference may have; "
+                "choose a shorter prefix"
+            )
+        return path
+
+
+def parse_push_target(text: str, *, plain_http: bool = False) -> PushTarget:
+    """``REGISTRY[/PREFIX]``, or ``http(s)://REGISTRY[/PREFIX]`` like ``--registry-mirror``.
+
+    HTTPS unless the URL says ``http://``, ``plain_http`` is set, or the registry is on a
+    loopback address (Docker's insecure-by-default ``127.0.0.0/8``, as for pulling).
+    ValueError says what is wrong.
+    """
+    given = text.strip()
+    scheme = None
+    if "://" in given:
+        parts = urlsplit(given)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"invalid registry {text!r}: expected [http(s)://]HOST[:PORT][/PREFIX]"
+            )
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise ValueError(
+                f"invalid registry {text!r}: no credentials, query or fragment in it "
+                "(credentials go in Docker's config.json: `docker login`)"
+            )
+        scheme, host, prefix = parts.scheme, parts.netloc, parts.path
+    else:
+        host, _, prefix = given.partition("/")
+    if not host or _HOST_RE.fullmatch(host) is None:
+        raise ValueError(f"invalid registry {text!r}: {host!r} is not a HOST[:PORT]")
+    host = host.lower()  # host names are case-insensitive; repository names are lowercase
+    prefix = prefix.strip("/")
+    for component in prefix.split("/") if prefix else []:
+        if _PATH_COMPONENT_RE.fullmatch(component) is None:
+            raise ValueError(
+                f"invalid repository prefix {prefix!r} in {text!r}: {component!r} is not a "
+                "repository name component (lowercase letters, digits, and . _ - between them)"
+            )
+    if plain_http:
+        if scheme == "https":
+            raise ValueError(f"--plain-http contradicts the https:// of {text!r}")
+        scheme = "http"
+    if scheme is None:
+        scheme = "http" if is_loopback_host(host) else "https"
+    endpoint = Endpoint(f"{scheme}://{registry_host(host)}", host)
+    return PushTarget(endpoint, prefix)
+
+
+def parse_size(text: str) -> int:
+    """``16M``, ``512k``, ``1G``, ``1048576`` (bytes; binary units); ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([kmgKMG]?)(?:i?[bB])?\s*", text)
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: expected a number of bytes, e.g. 16M")
+    size = int(match[1]) * _SIZE_UNITS[match[2].lower()]
+    if size < 1:
+        raise ValueError(f"invalid size {text!r}: expected at least 1 byte")
+    return size
+
+
+# Requests
+
+
+class ManifestRefusedError(RegistryError):
+    """The registry refused a manifest; ``code`` is its error code (``MANIFEST_BLOB_UNKNOWN``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class _UploadLostError(RegistryError):
+    """The registry dropped or refused an upload session: start a new one."""
+
+
+class _BlobBody:
+    """``length`` bytes of a cached blob from ``offset``, read through a fixed buffer each
+    time it is iterated (a retried request sends it again). Its length makes requests send a
+    ``Content-Length`` rather than chunked transfer encoding, which some registries refuse."""
+
+    def __init__(
+        self,
+        reader: CacheReader,
+        digest: str,
+        offset: int,
+        length: int,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self.reader = reader
+        self.digest = digest
+        self.offset = offset
+        self.length = length
+        self.on_bytes = on_bytes
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Unverified: the registry checks the digest of what it receives, and a refusal makes
+        # us hash the cache's copy to say whose fault it is.
+        with self.reader.open_blob(self.digest, verify=False) as file:
+            file.seek(self.offset)
+            left = self.length
+            while left > 0:
+                chunk = file.read(min(BUFFER_SIZE, left))
+                if not chunk:
+                    # The file shrank under us; the registry sees a short body and refuses it.
+                    return
+                left -= len(chunk)
+                self.on_bytes(len(chunk))
+                yield chunk
+
+
+class PushRepository:
+    """One repository on the target registry, with pull and push access."""
+
+    def __init__(self, client: RegistryClient, target: PushTarget, path: str) -> None:
+        self.client = client
+        self.endpoint = target.endpoint
+        self.path = path
+        self.display = f"{target.endpoint.host}/{path}"
+
+    # --- blobs --------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        what = f"look up blob {digest} in {self.path}"
+        with self._request("HEAD", f"blobs/{digest}", what) as response:
+            if response.status_code == 404:
+                return False
+            self._check(response, what, {200})
+            return True
+
+    def mount_blob(self, digest: str, source: str) -> str | None:
+        """Asks the registry to link a blob that ``source`` (a repository on the same
+        registry) has; None when it did, else the ``Location`` of the upload session it
+        opened instead (or of a new one when it refused the mount outright)."""
+        what = f"mount blob {digest} from {source} into {self.path}"
+        try:
+            response = self._request(
+                "POST", "blobs/uploads/", what, params={"mount": digest, "from": source},
+                mount_from=source,
+            )  # fmt: skip
+        except RegistryAccessError as err:
+            # No pull access to ``source`` with these credentials: upload it instead.
+            log.debug("%s; uploading it instead", err)
+            return self.start_upload(digest)
+        with response:
+            if response.status_code == 201:
+                return None
+            if response.status_code == 202:
+                return self._location(response, what)
+        log.debug("%s: HTTP %d; uploading it instead", what, response.status_code)
+        return self.start_upload(digest)
+
+    def start_upload(self, digest: str) -> str:
+        what = f"start the upload of blob {digest} to {self.path}"
+        with self._request("POST", "blobs/uploads/", what) as response:
+            self._check(response, what, {202})
+            return self._location(response, what)
+
+    def upload_blob(
+        self,
+        reader: CacheReader,
+        descriptor: Descriptor,
+        on_bytes: Callable[[int], None],
+        *,
+        location: str | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        """Uploads a cached blob into the upload session at ``location`` (a new one if None).
+        A session the registry drops, or a transfer it finds corrupt, is started over once."""
+        digest, size = descriptor.digest, descriptor.size
+        if reader.blob_size(digest) != size:
+            raise CacheError(
+                f"couldn't push blob {digest}: the cache's copy has {reader.blob_size(digest)} "
+                f"bytes, its manifest says {size}; run `forklift-boot cache verify --repair`"
+            )
+        for attempt in (1, 2):
+            if location is None:
+                location = self.start_upload(digest)
+            try:
+                self._send(reader, descriptor, location, on_bytes, chunk_size)
+                return
+            except _UploadLostError as err:
+                if attempt == 2:
+                    raise
+                log.warning("%s; uploading it again", err)
+                location = None
+
+    def _send(
+        self,
+        reader: CacheReader,
+        descriptor: Descriptor,
+        location: str,
+        on_bytes: Callable[[int], None],
+        chunk_size: int | None,
+    ) -> None:
+        digest, size = descriptor.digest, descriptor.size
+        what = f"upload blob {digest} to {self.path}"
+        if size <= min(MONOLITHIC_LIMIT, chunk_size or MONOLITHIC_LIMIT):
+            # requests sends an empty iterable chunked: an empty blob goes as empty bytes.
+            body = _BlobBody(reader, digest, 0, size, on_bytes) if size else b""
+            self._finish_upload(reader, descriptor, location, body, what)
+            return
+        # One streamed PATCH, as docker push does; or pieces that say where they go.
+        piece = chunk_size or size
+        offset = 0
+        while offset < size:
+            length = min(piece, size - offset)
+            headers = {"Content-Type": "application/octet-stream"}
+            if chunk_size is not None:
+                headers["Content-Range"] = f"{offset}-{offset + length - 1}"
+            body = _BlobBody(reader, digest, offset, length, on_bytes)
+            with self._request(
+                "PATCH", "", what, url=location, headers=headers, body=body
+            ) as response:
+                self._check_upload(response, what, {202}, length)
+                location = self._location(response, what)
+            offset += length
+        self._finish_upload(reader, descriptor, location, b"", what)
+
+    def _finish_upload(
+        self,
+        reader: CacheReader,
+        descriptor: Descriptor,
+        location: str,
+        body: _BlobBody | bytes,
+        what: str,
+    ) -> None:
+        headers = {"Content-Type": "application/octet-stream"}
+        with self._request(
+            "PUT", "", what, url=location, params={"digest": descriptor.digest},
+            headers=headers, body=body,
+        ) as response:  # fmt: skip
+            if response.status_code == 400 and _error_code(response) == "DIGEST_INVALID":
+                found, _ = hash_file(reader.blob_path(descriptor.digest))
+                if found != descriptor.digest:
+                    raise CacheError(
+                        f"couldn't push blob {descriptor.digest}: the cache's copy is damaged "
+                        f"(it hashes to {found}); run `forklift-boot cache verify --repair`"
+                    )
+                raise _UploadLostError(
+                    f"couldn't {what} on {self.endpoint.host}: it received bytes that don't "
+                    "hash to the digest (a corrupted transfer)"
+                )
+            self._check_upload(response, what, {201, 204}, len(body))
+
+    # --- manifests ----------------------------------------------------------------------
+
+    def manifest_digest(self, reference: str) -> str | None:
+        """The digest the registry serves for a tag or digest, or None if it has none."""
+        what = f"look up {self._at(reference)}"
+        with self._request(
+            "HEAD", f"manifests/{reference}", what, headers={"Accept": MANIFEST_ACCEPT}
+        ) as response:
+            if response.status_code == 404:
+                return None
+            self._check(response, what, {200})
+            digest = response.headers.get("Docker-Content-Digest")
+        if digest is None and reference.startswith("sha256:"):
+            return reference
+        return digest
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        """Sends a manifest or index byte for byte under a tag or its digest; returns the
+        digest, checked against what the registry says it stored."""
+        what = f"push the manifest of {self._at(reference)}"
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        with self._request(
+            "PUT", f"manifests/{reference}", what, headers={"Content-Type": media_type},
+            body=data,
+        ) as response:  # fmt: skip
+            if response.status_code in (400, 404):
+                code = _error_code(response)
+                raise ManifestRefusedError(
+                    f"couldn't {what} on {self.endpoint.host}: refused with HTTP "
+                    f"{response.status_code}{_error_detail(response)}",
+                    code,
+                )
+            self._check(response, what, {200, 201})
+            stored = response.headers.get("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise RegistryError(
+                f"couldn't {what} on {self.endpoint.host}: it stored {stored} for a manifest "
+                f"whose digest is {digest}; the registry rewrites manifests, so digest "
+                "references can't resolve there"
+            )
+        return digest
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        url: str | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | _BlobBody | None = None,
+        mount_from: str | None = None,
+    ) -> requests.Response:
+        return self.client.request(
+            self.endpoint, self.path, method, path, what=what, url=url, params=params,
+            headers=headers, body=body, push=True, mount_from=mount_from,
+        )  # fmt: skip
+
+    def _location(self, response: requests.Response, what: str) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(
+                f"couldn't {what} on {self.endpoint.host}: its answer has no Location"
+            )
+        return urljoin(response.url or self.endpoint.base_url, location)
+
+    def _check(self, response: requests.Response, what: str, expected: set[int]) -> None:
+        status = response.status_code
+        if status in expected:
+            return
+        hint = ""
+        if (
+            status == 404
+            and "/v2/" in response.url
+            and not response.headers.get("Docker-Distribution-Api-Version")
+        ):
+            hint = "; is it a registry (the OCI distribution API under /v2/)?"
+        elif status == 405:
+            hint = "; the registry doesn't allow pushing there (read-only, or a proxy cache)"
+        raise RegistryError(
+            f"couldn't {what} on {self.endpoint.host}: HTTP {status}{_error_detail(response)}{hint}"
+        )
+
+    def _check_upload(
+        self, response: requests.Response, what: str, expected: set[int], sent: int
+    ) -> None:
+        status = response.status_code
+        if status in expected:
+            return
+        if status == 413:
+            raise RegistryError(
+                f"couldn't {what} on {self.endpoint.host}: a request body of {sent} bytes is "
+                "too large for it or for a proxy in front of it (HTTP 413); raise that limit "
+                "(nginx: client_max_body_size 0) or pass a smaller --chunk-size, e.g. 16M"
+            )
+        code = _error_code(response)
+        if (
+            status == 416
+            or (status == 404 and code == "BLOB_UPLOAD_UNKNOWN")
+            or (status == 400 and code in ("BLOB_UPLOAD_INVALID", "SIZE_INVALID"))
+        ):
+            raise _UploadLostError(
+                f"couldn't {what} on {self.endpoint.host}: it dropped the upload (HTTP "
+                f"{status}{_error_detail(response)})"
+            )
+        self._check(response, what, expected)
+
+    def _at(self, reference: str) -> str:
+        separator = "@" if reference.startswith("sha256:") else ":"
+        return f"{self.path}{separator}{reference}"
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        return str(response.json()["errors"][0]["code"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def _error_detail(response: requests.Response) -> str:
+    """`` (MANIFEST_BLOB_UNKNOWN: blob unknown to registry)`` from its JSON error body."""
+    try:
+        first = response.json()["errors"][0]
+        return f" ({first.get('code', '')}: {str(first.get('message', ''))[:120]})"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
