@@ -63,6 +63,16 @@ class Wanted:
     def written(self) -> tuple[str, ...]:
         return tuple(ref.written for ref in self.refs)
 
+    def outcome(self, status: str, detail: str = "", *, bytes_written: int = 0) -> ImageOutcome:
+        return ImageOutcome(
+            name=self.canonical,
+            refs=self.written,
+            status=status,
+            detail=detail,
+            essential=self.essential,
+            bytes_written=bytes_written,
+        )
+
 
 def group_by_canonical(required: Sequence[RequiredImage]) -> list[Wanted]:
     """Spellings of the same canonical reference share one entry (``nginx:1`` and
@@ -211,17 +221,19 @@ def cache_images(
                 refs = tuple(sorted({*entry.refs, *item.written}))
                 if refs != entry.refs:
                     renamed.append(replace(entry, refs=refs))
-                report.add(_outcome(item, ALREADY_CACHED))
+                report.add(item.outcome(ALREADY_CACHED))
                 continue
             try:
                 found = source.find(item)
             except RegistryError as err:
                 # One image a registry can't serve must not stop the others.
                 log.error("%s", err)
-                report.add(_outcome(item, FAILED, str(err)))
+                report.add(item.outcome(FAILED, str(err)))
                 continue
             if found is None:
-                report.add(_missing(item, f"neither {source.description} nor the cache has it"))
+                report.add(
+                    missing_outcome(item, f"neither {source.description} nor the cache has it")
+                )
             else:
                 to_copy.append(found)
         if renamed:
@@ -259,7 +271,7 @@ def _copy(
     except (EngineError, RegistryError, CacheError) as err:
         if len(by_id) == 1 or isinstance(err, CacheError):
             for image in images:
-                report.add(_outcome(image.wanted, FAILED, str(err)))
+                report.add(image.wanted.outcome(FAILED, str(err)))
             log.error("%s", err)
             return
         # One stream for all failed: find the image that breaks it, keep the others.
@@ -287,7 +299,7 @@ def _copy(
         )
         new_bytes = 0 if image.image_id in counted else result.new_bytes
         counted.add(image.image_id)
-        outcome = _outcome(image.wanted, CACHED, bytes_written=new_bytes)
+        outcome = image.wanted.outcome(CACHED, bytes_written=new_bytes)
         report.add(outcome)
         progress.finish_image(outcome)
     writer.put_images(entries)
@@ -397,19 +409,21 @@ def load_images(
             entry = reader.find(item.canonical)
             if entry is None:
                 if all(target.resolve(ref) for ref in item.written):
-                    outcomes[item.canonical] = _outcome(item, PRESENT)
+                    outcomes[item.canonical] = item.outcome(PRESENT)
                 else:
-                    outcomes[item.canonical] = _missing(item, "not in the cache; cache it first")
+                    outcomes[item.canonical] = missing_outcome(
+                        item, "not in the cache; cache it first"
+                    )
                 continue
             try:
                 plan = plan_load(reader, entry, item, target.platform)
             except ForkliftBootError as err:
-                outcomes[item.canonical] = _outcome(item, FAILED, str(err))
+                outcomes[item.canonical] = item.outcome(FAILED, str(err))
                 continue
             if _unresolved_refs(target, plan):
                 plans.append(plan)
             else:
-                outcomes[item.canonical] = _outcome(item, PRESENT)
+                outcomes[item.canonical] = item.outcome(PRESENT)
         # Spellings of one image (tag, digest, both) share an image ID: load it once.
         by_image: dict[str, list[LoadPlan]] = {}
         for plan in plans:
@@ -428,8 +442,8 @@ def load_images(
                 log.error("couldn't load %s: %s", merged.wanted.canonical, err)
                 status, detail = FAILED, str(err)
             for position, plan in enumerate(group):
-                outcomes[plan.wanted.canonical] = _outcome(
-                    plan.wanted, status, detail, bytes_written=sent.total if position == 0 else 0
+                outcomes[plan.wanted.canonical] = plan.wanted.outcome(
+                    status, detail, bytes_written=sent.total if position == 0 else 0
                 )
         failed = {name for name, outcome in outcomes.items() if outcome.status == FAILED}
         in_target = [plan for plan in plans if plan.wanted.canonical not in failed]
@@ -456,9 +470,9 @@ def _make_resolvable(
             why = "; ".join(
                 f"{ref.written}: {reasons.get(ref.written, 'does not resolve')}" for ref in still
             )
-            outcomes[plan.wanted.canonical] = _outcome(plan.wanted, UNRESOLVED, why)
+            outcomes[plan.wanted.canonical] = plan.wanted.outcome(UNRESOLVED, why)
         elif previous is None:
-            outcomes[plan.wanted.canonical] = _outcome(plan.wanted, TAGGED)
+            outcomes[plan.wanted.canonical] = plan.wanted.outcome(TAGGED)
 
 
 class _ByteCount:
@@ -546,22 +560,11 @@ def _platform_of(descriptor: Descriptor) -> str:
     return f"{text}/{platform['variant']}" if platform.get("variant") else text
 
 
-def _outcome(
-    item: Wanted, status: str, detail: str = "", *, bytes_written: int = 0
-) -> ImageOutcome:
-    return ImageOutcome(
-        name=item.canonical,
-        refs=item.written,
-        status=status,
-        detail=detail,
-        essential=item.essential,
-        bytes_written=bytes_written,
-    )
-
-
-def _missing(item: Wanted, detail: str) -> ImageOutcome:
+def missing_outcome(item: Wanted, detail: str) -> ImageOutcome:
+    """The outcome of a wanted image that isn't there, logged: an error, or a warning when
+    only a fallback bundle needs it."""
     if item.essential:
         log.error("%s: %s", ", ".join(item.written), detail)
     else:
         log.warning("%s (needed only by a fallback bundle): %s", ", ".join(item.written), detail)
-    return _outcome(item, MISSING, detail)
+    return item.outcome(MISSING, detail)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, Self
 
 from forklift_boot.cache import human_bytes
 
@@ -51,10 +52,11 @@ class ImageOutcome:
         return self.status in FAILING and self.essential
 
 
-@dataclass
-class Report:
-    action: str  # "cache" or "load"
-    engine: str = "Docker"  # where a load goes: "Docker", "containerd (namespace k8s.io)"
+@dataclass(kw_only=True)
+class RunReport(ABC):
+    """What a command did image by image, and what every command reports alike: the time it
+    took, the failures and exit code, the summary's tail and the images in ``--json``."""
+
     outcomes: list[ImageOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -62,17 +64,13 @@ class Report:
     def add(self, outcome: ImageOutcome) -> None:
         self.outcomes.append(outcome)
 
-    def finish(self) -> Report:
+    def finish(self) -> Self:
         self.finished = time.monotonic()
         return self
 
     @property
     def seconds(self) -> float:
         return (self.finished or time.monotonic()) - self.started
-
-    @property
-    def bytes_written(self) -> int:
-        return sum(outcome.bytes_written for outcome in self.outcomes)
 
     @property
     def failures(self) -> list[ImageOutcome]:
@@ -86,21 +84,9 @@ class Report:
         return 3 if self.failures else 0
 
     def summary(self) -> str:
-        """``cached 11/12 images (3 new), 3.2 GiB written, 94 s; failed: x:1 (why)``."""
-        total = len(self.outcomes)
-        if self.action == "cache":
-            done = self.count(CACHED, ALREADY_CACHED)
-            line = (
-                f"cached {done}/{total} images ({self.count(CACHED)} new), "
-                f"{human_bytes(self.bytes_written)} written, {self.seconds:.1f} s"
-            )
-        else:
-            done = self.count(LOADED, PRESENT, TAGGED)
-            line = (
-                f"{done}/{total} images ready in {self.engine} ({self.count(LOADED)} loaded, "
-                f"{self.count(TAGGED)} tagged, {self.count(PRESENT)} already there), "
-                f"{human_bytes(self.bytes_written)} sent to {self.engine}, {self.seconds:.1f} s"
-            )
+        """The command's own counts, then ``; failed: x:1 (why)`` and ``; not needed now, but
+        missing: y:2 (why)`` where there are such images."""
+        line = self.headline()
         failures = _describe(self.failures)
         warnings = _describe([o for o in self.outcomes if o.status in FAILING and not o.essential])
         if failures:
@@ -108,6 +94,64 @@ class Report:
         if warnings:
             line += f"; not needed now, but missing: {warnings}"
         return line
+
+    @abstractmethod
+    def headline(self) -> str:
+        """The summary line up to its failures: what was done, how much, how long."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole report, for ``--json``."""
+        return {
+            **self.json_fields(),
+            "seconds": round(self.seconds, 3),
+            "exit_code": self.exit_code,
+            "images": [self.image_json(outcome) for outcome in self.outcomes],
+        }
+
+    def json_fields(self) -> dict[str, Any]:
+        """What the command adds to the top level of its ``--json``."""
+        return {}
+
+    def image_json(self, outcome: ImageOutcome) -> dict[str, Any]:
+        return {
+            "name": outcome.name,
+            "refs": list(outcome.refs),
+            "status": outcome.status,
+            "detail": outcome.detail,
+            "essential": outcome.essential,
+            "bytes_written": outcome.bytes_written,
+        }
+
+
+@dataclass
+class Report(RunReport):
+    """What ``cache-img`` or ``load-img`` did."""
+
+    action: str  # "cache" or "load"
+    engine: str = "Docker"  # where a load goes: "Docker", "containerd (namespace k8s.io)"
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(outcome.bytes_written for outcome in self.outcomes)
+
+    def headline(self) -> str:
+        """``cached 11/12 images (3 new), 3.2 GiB written, 94 s``."""
+        total = len(self.outcomes)
+        if self.action == "cache":
+            done = self.count(CACHED, ALREADY_CACHED)
+            return (
+                f"cached {done}/{total} images ({self.count(CACHED)} new), "
+                f"{human_bytes(self.bytes_written)} written, {self.seconds:.1f} s"
+            )
+        done = self.count(LOADED, PRESENT, TAGGED)
+        return (
+            f"{done}/{total} images ready in {self.engine} ({self.count(LOADED)} loaded, "
+            f"{self.count(TAGGED)} tagged, {self.count(PRESENT)} already there), "
+            f"{human_bytes(self.bytes_written)} sent to {self.engine}, {self.seconds:.1f} s"
+        )
+
+    def json_fields(self) -> dict[str, Any]:
+        return {"action": self.action, "bytes_written": self.bytes_written}
 
 
 def _describe(outcomes: Sequence[ImageOutcome]) -> str:

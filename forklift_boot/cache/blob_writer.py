@@ -16,6 +16,7 @@ from forklift_boot.cache.durable import (
     cache_os_error,
     fsync_directory,
     remove_quietly,
+    size_or_none,
     temporary_name,
 )
 from forklift_boot.errors import CacheError
@@ -137,7 +138,7 @@ class BlobWriter:
                 f"couldn't store blob {expected_digest}: the bytes received hash to {digest}"
             )
         final_path = self._blobs_dir / digest_hex(digest)
-        existing_size = _size_or_none(final_path)
+        existing_size = size_or_none(final_path)
         if existing_size == self._size:
             # Content addressing: same digest, same bytes. Never rewrite a blob in place.
             self.discard()
@@ -170,12 +171,3 @@ class BlobWriter:
     def _check_writable(self) -> None:
         if self._is_done:
             raise CacheError("a blob writer was used after commit or discard")
-
-
-def _size_or_none(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise cache_os_error("read", path, err) from err

@@ -15,8 +15,10 @@ __all__ = [
     "TEMP_MARKER",
     "cache_os_error",
     "fsync_directory",
+    "is_no_space",
     "make_directories",
     "remove_quietly",
+    "size_or_none",
     "temporary_name",
     "write_file_atomically",
 ]
@@ -29,13 +31,18 @@ _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 def cache_os_error(action: str, path: Path, err: OSError) -> CacheError:
     """``couldn't <action> <path>: <cause>``, with a hint when the disk is full."""
-    if err.errno in _NO_SPACE_ERRNOS:
+    if is_no_space(err):
         cause = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
         return CacheError(
             f"couldn't {action} {path}: {cause}; free some space or choose another --cache-dir"
         )
     cause = err.strerror or str(err) or type(err).__name__
     return CacheError(f"couldn't {action} {path}: {cause[:1].lower()}{cause[1:]}")
+
+
+def is_no_space(err: OSError) -> bool:
+    """The filesystem is full, or the quota used up."""
+    return err.errno in _NO_SPACE_ERRNOS
 
 
 def temporary_name(final_name: str = "") -> str:
@@ -98,3 +105,13 @@ def remove_quietly(path: Path) -> None:
     """Best-effort cleanup on an error path, where the first error is the one to report."""
     with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
+
+
+def size_or_none(path: Path) -> int | None:
+    """The file's size; None if there is no such file."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise cache_os_error("read", path, err) from err

@@ -108,10 +108,16 @@ class CacheReader:
 
     def read_json(self, digest: str, *, expected_size: int | None = None) -> Any:
         """A manifest, index or config blob, parsed after its digest has been checked."""
+        return self.read_document(digest, expected_size=expected_size)[1]
+
+    def read_document(self, digest: str, *, expected_size: int | None = None) -> tuple[bytes, Any]:
+        """A manifest, index or config blob: its bytes, their digest checked, and their JSON."""
         size = self.blob_size(digest)
         if size > MAX_JSON_BLOB_SIZE:
             raise DamagedBlobError(
-                digest, "is larger than 4 MiB, too large for a manifest or config", self.cache_dir
+                digest,
+                "is larger than 4 MiB, too large for a manifest, index or config",
+                self.cache_dir,
             )
         with self.open_blob(digest, expected_size=expected_size) as file:
             # Reading to the end runs the digest check.
@@ -119,7 +125,7 @@ class CacheReader:
         if len(data) > MAX_JSON_BLOB_SIZE:  # it grew since the stat
             raise DamagedBlobError(digest, "is larger than 4 MiB", self.cache_dir)
         try:
-            return json.loads(data)
+            return data, json.loads(data)
         except ValueError as err:
             raise DamagedBlobError(digest, f"isn't valid JSON ({err})", self.cache_dir) from err
 

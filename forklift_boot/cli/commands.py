@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from forklift_boot import requirements
 from forklift_boot.archive import ArchiveImage, write_docker_archive, write_load_archive
 from forklift_boot.cache import CachedImage, CacheReader, ImageCache, human_bytes
-from forklift_boot.cli.output import TerminalProgress, print_report
+from forklift_boot.cli.output import TerminalProgress, print_report, progress_for
 from forklift_boot.config import DEFAULT_DOCKER_HOST, Settings, dpkg_architecture
 from forklift_boot.containerd import ContainerdSource, ContainerdTarget, Ctr
 from forklift_boot.docker import DockerEngine
@@ -33,9 +33,8 @@ from forklift_boot.refs import parse_image_ref
 from forklift_boot.registry import RegistryClient
 from forklift_boot.registry_auth import CredentialStore
 from forklift_boot.registry_store import RegistrySource
-from forklift_boot.report import Progress, Report
 from forklift_boot.requirements import RequiredImage
-from forklift_boot.systemd import SystemdManager, SystemdProgress, notify
+from forklift_boot.systemd import SystemdManager
 
 log = logging.getLogger("forklift_boot")
 
@@ -157,13 +156,13 @@ def cache_images_command(args: argparse.Namespace, settings: Settings, out: Text
             source,
             ImageCache(settings.cache_dir),
             compress=args.compress,
-            progress=_progress("caching", settings),
+            progress=progress_for("caching", settings),
         )
     finally:
         engine.close()
         if client is not None:
             client.close()
-    _finish(report, settings, out, as_json=args.json)
+    print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code
 
 
@@ -181,9 +180,9 @@ def _cache_from_containerd(args: argparse.Namespace, settings: Settings, out: Te
         source,
         ImageCache(settings.cache_dir),
         compress=args.compress,
-        progress=_progress("caching", settings),
+        progress=progress_for("caching", settings),
     )
-    _finish(report, settings, out, as_json=args.json)
+    print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code
 
 
@@ -246,10 +245,10 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
             cache,
             thin=args.thin,
             record_digests=args.record_digests,
-            progress=_progress("loading", settings),
+            progress=progress_for("loading", settings),
             engine=f"containerd (namespace {args.namespace})",
         )
-        _finish(report, settings, out, as_json=args.json)
+        print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
         return report.exit_code
     engine = _docker(settings)
     try:
@@ -260,11 +259,11 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
             cache,
             thin=args.thin,
             record_digests=args.record_digests,
-            progress=_progress("loading", settings),
+            progress=progress_for("loading", settings),
         )
     finally:
         engine.close()
-    _finish(report, settings, out, as_json=args.json)
+    print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code
 
 
@@ -316,19 +315,6 @@ def _docker(settings: Settings) -> DockerEngine:
             SystemdManager().wait_active("docker.service", DOCKER_WAIT_SECONDS)
 
     return DockerEngine(settings.docker_host, before_connect=wait)
-
-
-def _progress(verb: str, settings: Settings) -> Progress:
-    progress: Progress = TerminalProgress(verb)
-    if settings.notify_socket:
-        progress = SystemdProgress(verb, progress)
-    return progress
-
-
-def _finish(report: Report, settings: Settings, out: TextIO, *, as_json: bool) -> None:
-    print_report(report, out, as_json=as_json)
-    if settings.notify_socket:
-        notify(f"STATUS={report.summary()}")
 
 
 def _cached_as_required(cache: ImageCache) -> list[RequiredImage]:
@@ -522,6 +508,16 @@ def required_images(args: argparse.Namespace, settings: Settings) -> list[Requir
 
 def _source_given(args: argparse.Namespace) -> bool:
     return bool(args.pallet or args.bundle or args.refs or args.images_file)
+
+
+def names_images(args: argparse.Namespace) -> bool:
+    """Any option that chooses images was given; with none, `cache push` and `cache copy` take
+    every cached image rather than the stage store's."""
+    return (
+        _source_given(args)
+        or args.bundles is not None
+        or bool(args.include_disabled or args.with_file_exports)
+    )
 
 
 def _read_images_file(name: str) -> tuple[list[str], str]:

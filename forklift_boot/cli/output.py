@@ -9,7 +9,9 @@ import time
 from typing import TextIO
 
 from forklift_boot.cache import human_bytes
-from forklift_boot.report import ImageOutcome, Report
+from forklift_boot.config import Settings
+from forklift_boot.report import ImageOutcome, Progress, RunReport
+from forklift_boot.systemd import SystemdProgress, notify
 
 log = logging.getLogger("forklift_boot")
 
@@ -91,7 +93,7 @@ class TerminalProgress:
         if self.is_live:
             self.stream.write("\r\033[K")
         detail = f": {outcome.detail}" if outcome.detail else ""
-        if outcome.status in ("missing", "failed", "unresolved") and outcome.essential:
+        if outcome.is_failure:
             return  # already logged as an error where it happened
         log.info(
             "%s %s%s", outcome.status, outcome.refs[0] if outcome.refs else outcome.name, detail
@@ -107,29 +109,23 @@ class TerminalProgress:
         self.stream.flush()
 
 
-def print_report(report: Report, out: TextIO, *, as_json: bool) -> None:
-    """The summary line on stderr; with ``--json`` the whole report on stdout."""
-    log.info("%s", report.summary())
+def progress_for(verb: str, settings: Settings) -> Progress:
+    """Progress on the terminal, and as systemd's ``STATUS=`` when systemd listens."""
+    progress: Progress = TerminalProgress(verb)
+    if settings.notify_socket:
+        progress = SystemdProgress(verb, progress)
+    return progress
+
+
+def print_report(
+    report: RunReport, out: TextIO, *, as_json: bool, notify_systemd: bool = False
+) -> None:
+    """The summary line on stderr (and as systemd's ``STATUS=`` with ``notify_systemd``); with
+    ``--json`` the whole report on stdout."""
+    summary = report.summary()
+    log.info("%s", summary)
     if as_json:
-        json.dump(
-            {
-                "action": report.action,
-                "seconds": round(report.seconds, 3),
-                "bytes_written": report.bytes_written,
-                "exit_code": report.exit_code,
-                "images": [
-                    {
-                        "name": outcome.name,
-                        "refs": list(outcome.refs),
-                        "status": outcome.status,
-                        "detail": outcome.detail,
-                        "essential": outcome.essential,
-                        "bytes_written": outcome.bytes_written,
-                    }
-                    for outcome in report.outcomes
-                ],
-            },
-            out,
-            indent=2,
-        )
+        json.dump(report.to_json(), out, indent=2)
         out.write("\n")
+    if notify_systemd:
+        notify(f"STATUS={summary}")

@@ -153,3 +153,5 @@ def test_the_summary_line_and_exit_code() -> None:
     # An image that isn't needed now fails nothing.
     report.outcomes[2] = ImageOutcome("x", ("gone:1",), FAILED, "why", essential=False)
     assert report.exit_code == 0
+    assert report.summary().endswith("1.2 s; not needed now, but missing: gone:1 (why)")
+    assert "bytes_written" not in report.to_json()["images"][0]
