@@ -33,10 +33,8 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,40 +45,30 @@ import psutil
 import forklift_boot
 from bench import image_set
 from bench.image_set import MB, BuiltImages, ref_of
+from bench.measuring import (
+    TIME,
+    Command,
+    Measurement,
+    StepError,
+    Table,
+    check_report,
+    device_of,
+    first_line,
+    mb,
+    measure,
+    remove,
+    scratch,
+    seconds_text,
+    spawn,
+    terminate,
+    tree_size,
+)
 from tests.testbed.dockerd import DockerDaemon
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("dockerd", "docker", "skopeo", "gzip", "pigz", "cp")
-TIME = "/usr/bin/time"  # GNU time (Debian package time)
 # Rough bytes on disk per byte of unique content: daemon store, tars, caches, layouts.
 DISK_FACTOR = 14
-
-
-class StepError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Command:
-    argv: tuple[str, ...]
-    stdin: Path | None = None
-    stdout: Path | None = None  # None: /dev/null
-
-
-@dataclass
-class Measurement:
-    section: str
-    name: str
-    seconds: float
-    client_cpu: float  # user + system of the commands run (GNU time), their children included
-    daemon_cpu: float  # user + system of dockerd and its children (docker-untar, unpigz, ...)
-    other_cpu: float  # the host's busy CPU minus both: other work on the machine, kernel threads
-    peak_rss: int  # bytes, the largest of the commands' peak RSS (GNU time %M)
-    written: int  # bytes the commands and dockerd wrote into files (kernel I/O accounting)
-    disk_read: int  # bytes read/written on the device of the work directory (diskstats):
-    disk_written: int  # other work on the machine counts here too
-    output_bytes: int | None = None
-    runs: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -97,197 +85,10 @@ class Context:
     log_path: Path
     runs: int
     results: list[Measurement] = field(default_factory=list)
+    daemon_name: str = "dockerd"
 
     def path(self, name: str) -> Path:
         return self.work / name
-
-
-# Running and measuring
-
-
-@dataclass(frozen=True)
-class Usage:
-    cpu: float  # user + system seconds of the command and the children it waited for
-    peak_rss: int  # bytes
-    written: int  # bytes it caused to be written to storage (ru_oublock, 512-byte units)
-
-
-def _spawn(command: Command, env: dict[str, str], log_path: Path) -> Usage:
-    """Runs one command to its end under GNU time, which reports its CPU time and peak RSS.
-
-    Not os.wait4 on our own child: a child spawned from this process inherits this
-    interpreter's high-water RSS at exec, so every ru_maxrss would read at least ours.
-    """
-    usage_path = log_path.with_name("time.out")
-    argv = (TIME, "-f", "%U %S %M %O", "-o", str(usage_path), "--", *command.argv)
-    write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, str(command.stdin or os.devnull), os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(command.stdout or os.devnull), write, 0o644),
-        (os.POSIX_SPAWN_OPEN, 2, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-    ]
-    with log_path.open("a") as log:
-        log.write(f"\n$ {' '.join(command.argv)}\n")
-    # Its own process group: on Ctrl-C or SIGTERM we stop the command and all its children.
-    pid = os.posix_spawn(argv[0], list(argv), env, file_actions=actions, setpgroup=0)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise StepError(f"`{' '.join(command.argv)}` exited {code}:\n{_tail(log_path)}")
-    user, system, rss_kib, blocks = usage_path.read_text().split()[-4:]
-    return Usage(float(user) + float(system), int(rss_kib) * 1024, int(blocks) * 512)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def _tree_usage(pid: int) -> tuple[float, int]:
-    """CPU seconds and bytes written by a process and its descendants, reaped ones included
-    (dockerd runs docker-untar and unpigz as children; the kernel adds their counts to it)."""
-    try:
-        process = psutil.Process(pid)
-        processes = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0, 0
-    cpu, written = 0.0, 0
-    for proc in processes:
-        with contextlib.suppress(psutil.NoSuchProcess, OSError):
-            times = proc.cpu_times()
-            cpu += times.user + times.system + times.children_user + times.children_system
-            written += _written(proc.pid)
-    return cpu, written
-
-
-def _written(pid: int) -> int:
-    """/proc/PID/io write_bytes: bytes written into files, counted when the pages are dirtied.
-
-    Gross, like GNU time's %O for the commands: dockerd's staged archive counts although it
-    is deleted after the load, often before this 23 GiB machine writes it back; a device
-    with little RAM (a Raspberry Pi) writes it to the card.
-    """
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _host_busy() -> float:
-    times = psutil.cpu_times()
-    return float(times.user + times.nice + times.system + times.irq + times.softirq)
-
-
-def _disk(device: str | None) -> tuple[int, int]:
-    if device is None:
-        return 0, 0
-    counters = psutil.disk_io_counters(perdisk=True).get(device)
-    return (counters.read_bytes, counters.write_bytes) if counters else (0, 0)
-
-
-def measure(
-    ctx: Context,
-    section: str,
-    name: str,
-    commands: Sequence[Command] | Callable[[], Sequence[Command]],
-    *,
-    output: Path | None = None,
-    setup: Callable[[], None] | None = None,
-    check: Callable[[], None] | None = None,
-) -> Measurement:
-    """Runs the step ``ctx.runs`` times, each from a cold page cache; keeps the median run.
-
-    ``setup`` runs (untimed) before each run, ``check`` after it (untimed). ``output`` is what
-    the step leaves on disk: it is removed before each run and measured after.
-    """
-    taken: list[Measurement] = []
-    for _ in range(ctx.runs):
-        if output is not None:
-            _remove(output)
-        if setup is not None:
-            setup()
-        steps = commands() if callable(commands) else commands
-        drop_caches()
-        (daemon_before, daemon_written_before), busy_before = (
-            _tree_usage(ctx.daemon.pid),
-            _host_busy(),
-        )
-        read_before, written_before = _disk(ctx.device)
-        cpu, rss, written = 0.0, 0, 0
-        start = time.perf_counter()
-        for command in steps:
-            usage = _spawn(command, ctx.env, ctx.log_path)
-            cpu += usage.cpu
-            rss = max(rss, usage.peak_rss)
-            written += usage.written
-        os.sync()
-        seconds = time.perf_counter() - start
-        daemon_after, daemon_written_after = _tree_usage(ctx.daemon.pid)
-        daemon_cpu = daemon_after - daemon_before
-        busy = _host_busy() - busy_before
-        read_after, written_after = _disk(ctx.device)
-        if check is not None:
-            check()
-        taken.append(
-            Measurement(
-                section,
-                name,
-                seconds,
-                client_cpu=cpu,
-                daemon_cpu=daemon_cpu,
-                other_cpu=max(busy - cpu - daemon_cpu, 0.0),
-                peak_rss=rss,
-                written=written + daemon_written_after - daemon_written_before,
-                disk_read=read_after - read_before,
-                disk_written=written_after - written_before,
-                output_bytes=tree_size(output) if output is not None else None,
-            )
-        )
-    chosen = sorted(taken, key=lambda m: m.seconds)[(len(taken) - 1) // 2]
-    chosen.runs = [m.seconds for m in taken]
-    ctx.results.append(chosen)
-    print(
-        f"  {section:<12} {name:<58} {chosen.seconds:7.2f} s  "
-        f"(cpu {chosen.client_cpu:.1f} s, dockerd {chosen.daemon_cpu:.1f} s, "
-        f"others {chosen.other_cpu:.1f} s, written {chosen.written / MB:.0f} MB, "
-        f"rss {chosen.peak_rss / MB:.0f} MB)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return chosen
-
-
-def tree_size(path: Path) -> int:
-    """Apparent bytes of a file, or of every file under a directory."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 # Docker state
@@ -321,16 +122,6 @@ def check_images(ctx: Context, names: Sequence[str]) -> None:
         got = ctx.client.images.get(ref_of(name)).id
         if got != ctx.images.image_ids[name]:
             raise StepError(f"{ref_of(name)} is {got}, built as {ctx.images.image_ids[name]}")
-
-
-def check_report(path: Path, expected: str, count: int) -> Callable[[], None]:
-    def check() -> None:
-        report = json.loads(path.read_text())
-        statuses = [image["status"] for image in report["images"]]
-        if statuses.count(expected) != count:
-            raise StepError(f"forklift-boot reported {statuses}, expected {count} x {expected}")
-
-    return check
 
 
 # The commands
@@ -387,7 +178,7 @@ def skopeo_copy(ctx: Context, layout: Path, name: str, *extra: str) -> Command:
 def prepare(ctx: Context) -> None:
     """Tars the measurements need as inputs or byte counts (untimed)."""
     for names, tar in ((["a"], "a.tar"), (["a", "d"], "ad.tar"), (["b", "c"], "bc.tar")):
-        _spawn(docker_save(ctx, names, ctx.path(tar)), ctx.env, ctx.log_path)
+        spawn(docker_save(ctx, names, ctx.path(tar)), ctx.env, ctx.log_path)
 
 
 def run_export(ctx: Context) -> None:
@@ -429,7 +220,7 @@ def run_export(ctx: Context) -> None:
         )
     measure(ctx, "export", "cp all.tar (2nd)", [cp], output=copy)
     for path in (copy, per_image, skopeo_layout):
-        _remove(path)
+        remove(path)
 
 
 def run_update(ctx: Context) -> None:
@@ -437,7 +228,7 @@ def run_update(ctx: Context) -> None:
     cache, report = ctx.path("cache-update"), ctx.path("report.json")
 
     def seed() -> None:
-        _spawn(cache_img(ctx, cache, "gzip", ["b", "c"], report), ctx.env, ctx.log_path)
+        spawn(cache_img(ctx, cache, "gzip", ["b", "c"], report), ctx.env, ctx.log_path)
 
     for label, setup in (("empty cache", None), ("b c cached", seed)):
         measure(
@@ -449,7 +240,7 @@ def run_update(ctx: Context) -> None:
             setup=setup,
             check=check_report(report, "cached", 2),
         )
-    _remove(cache)
+    remove(cache)
 
 
 def run_memory_cache(ctx: Context) -> None:
@@ -488,7 +279,7 @@ def run_compression(ctx: Context) -> None:
         [Command((ctx.python, "-m", "bench.parallel_gzip", str(all_tar), str(out)))],
         output=out,
     )
-    _remove(out)
+    remove(out)
     # What each uncompressed byte costs cache-img in hashing (blob digest, diff ID).
     measure(
         ctx,
@@ -573,28 +364,6 @@ def run_load(ctx: Context) -> None:
 # Reporting
 
 
-def _mb(n: float) -> str:
-    return f"{n / MB:,.1f}"
-
-
-class Table:
-    def __init__(self, title: str, header: Sequence[str]) -> None:
-        self.lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
-        self.lines.append("|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|")
-
-    def row(self, *cells: object) -> None:
-        self.lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-def _seconds(m: Measurement) -> str:
-    if len(m.runs) > 1:
-        return f"{m.seconds:.2f} ({'/'.join(f'{s:.2f}' for s in m.runs)})"
-    return f"{m.seconds:.2f}"
-
-
 def render(ctx: Context, sizes: dict[str, int]) -> str:
     by_name = {(m.section, m.name): m for m in ctx.results}
 
@@ -610,7 +379,7 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
     floor = find("export", "docker save a b c d > /dev/null").seconds
     out = []
     table = Table(
-        f"Export: U = {_mb(unique)} MB of unique content (`docker save` of all four images)",
+        f"Export: U = {mb(unique)} MB of unique content (`docker save` of all four images)",
         [
             "step",
             "s",
@@ -633,21 +402,21 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
         )
         table.row(
             m.name,
-            _seconds(m),
+            seconds_text(m),
             f"{unique / MB / m.seconds:.0f}",
             f"{m.seconds / cp:.1f}",
             f"{m.seconds / floor:.2f}",
-            _mb(on_disk) if on_disk is not None else "-",
+            mb(on_disk) if on_disk is not None else "-",
             f"{m.client_cpu:.1f}",
             f"{m.daemon_cpu:.1f}",
             f"{m.other_cpu:.1f}",
-            _mb(m.written),
+            mb(m.written),
             f"{m.peak_rss / MB:.0f}",
         )
     out.append(table.text())
 
     table = Table(
-        f"Update: cache-img of a and d ({_mb(sizes['ad.tar'])} MB as `docker save a d`)",
+        f"Update: cache-img of a and d ({mb(sizes['ad.tar'])} MB as `docker save a d`)",
         [
             "step",
             "s",
@@ -663,18 +432,18 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
         if m.section == "update":
             table.row(
                 m.name,
-                _seconds(m),
+                seconds_text(m),
                 f"{m.seconds / cp_for(sizes['ad.tar']):.1f}",
-                _mb(m.output_bytes or 0),
+                mb(m.output_bytes or 0),
                 f"{m.client_cpu:.1f}",
                 f"{m.daemon_cpu:.1f}",
                 f"{m.other_cpu:.1f}",
-                _mb(m.written),
+                mb(m.written),
             )
     out.append(table.text())
 
     table = Table(
-        f"Compression of all.tar ({_mb(unique)} MB) to a file",
+        f"Compression of all.tar ({mb(unique)} MB) to a file",
         ["tool", "s", "MB/s in", "out MB", "out/in", "CPU s", "CPU s per GB in", "other CPU s"],
     )
     for m in ctx.results:
@@ -682,9 +451,9 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
             size = m.output_bytes
             table.row(
                 m.name,
-                _seconds(m),
+                seconds_text(m),
                 f"{unique / MB / m.seconds:.0f}",
-                "-" if size is None else _mb(size),
+                "-" if size is None else mb(size),
                 "-" if size is None else f"{size / unique:.3f}",
                 f"{m.client_cpu:.1f}",
                 f"{m.client_cpu / (unique / 1e9):.1f}",
@@ -699,9 +468,9 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
         basis = sizes[basis_name]
         peer = find(section, peer_prefix).seconds
         title = (
-            f"Load, cold: every layer missing ({_mb(basis)} MB)"
+            f"Load, cold: every layer missing ({mb(basis)} MB)"
             if section == "load cold"
-            else f"Load a and d with b and c present ({_mb(basis)} MB as `docker save a d`)"
+            else f"Load a and d with b and c present ({mb(basis)} MB as `docker save a d`)"
         )
         table = Table(
             title,
@@ -722,27 +491,27 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
             if m.section == section:
                 table.row(
                     m.name,
-                    _seconds(m),
+                    seconds_text(m),
                     f"{basis / MB / m.seconds:.0f}",
                     f"{m.seconds / cp_for(basis):.1f}",
                     f"{m.seconds / peer:.2f}",
                     f"{m.client_cpu:.1f}",
                     f"{m.daemon_cpu:.1f}",
                     f"{m.other_cpu:.1f}",
-                    _mb(m.written),
+                    mb(m.written),
                     f"{m.peak_rss / MB:.0f}",
                 )
         out.append(table.text())
 
     table = Table(
-        f"Memory: image a alone ({_mb(sizes['a.tar'])} MB as `docker save a`)",
+        f"Memory: image a alone ({mb(sizes['a.tar'])} MB as `docker save a`)",
         ["step", "s", "peak RSS MB", "client CPU s", "on disk MB"],
     )
     for m in ctx.results:
         if m.section == "memory":
-            disk_text = _mb(m.output_bytes) if m.output_bytes is not None else "-"
+            disk_text = mb(m.output_bytes) if m.output_bytes is not None else "-"
             table.row(
-                m.name, _seconds(m), f"{m.peak_rss / MB:.0f}", f"{m.client_cpu:.1f}", disk_text
+                m.name, seconds_text(m), f"{m.peak_rss / MB:.0f}", f"{m.client_cpu:.1f}", disk_text
             )
     out.append(table.text())
 
@@ -756,21 +525,6 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
 
 
 # The machine
-
-
-def device_of(path: Path) -> str | None:
-    """The block device (``vda``, ``nvme0n1p2``) holding ``path``, for its diskstats."""
-    dev = path.stat().st_dev
-    link = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-    return link.resolve().name if link.exists() else None
-
-
-def _first_line(argv: Sequence[str]) -> str:
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
-    except OSError as err:
-        return f"({err})"
-    return (result.stdout or result.stderr).strip().splitlines()[0] if result else ""
 
 
 def machine(ctx: Context) -> dict[str, str]:
@@ -788,10 +542,10 @@ def machine(ctx: Context) -> dict[str, str]:
             queue = block / "queue" if (block / "queue").exists() else block.parent / "queue"
             rotational = (queue / "rotational").read_text().strip()
             disk = f"{ctx.device}, {size / 1e9:.0f} GB, rotational={rotational}"
-    server = _first_line(
+    server = first_line(
         ["docker", "-H", ctx.daemon.host, "version", "--format", "{{.Server.Version}}"]
     )
-    client = _first_line(["docker", "version", "--format", "{{.Client.Version}}"])
+    client = first_line(["docker", "version", "--format", "{{.Client.Version}}"])
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
         "command": " ".join([Path(sys.executable).name, "-m", "bench.round_trip", *sys.argv[1:]]),
@@ -803,9 +557,9 @@ def machine(ctx: Context) -> dict[str, str]:
         "python": f"{platform.python_version()} ({ctx.python})",
         "forklift-boot": forklift_boot.__version__,
         "dockerd": f"{server} (CLI {client})",
-        "skopeo": _first_line(["skopeo", "--version"]),
-        "pigz": _first_line(["pigz", "--version"]),
-        "gzip": _first_line(["gzip", "--version"]),
+        "skopeo": first_line(["skopeo", "--version"]),
+        "pigz": first_line(["pigz", "--version"]),
+        "gzip": first_line(["gzip", "--version"]),
     }
 
 
@@ -813,19 +567,19 @@ def describe_images(images: BuiltImages, sizes: dict[str, int]) -> str:
     lines = ["| layer | files | content MB | random MB |", "|---|---:|---:|---:|"]
     for layer in images.layers.values():
         lines.append(
-            f"| {layer.name} | {layer.files:,} | {_mb(layer.content_bytes)} | "
-            f"{_mb(layer.random_bytes)} |"
+            f"| {layer.name} | {layer.files:,} | {mb(layer.content_bytes)} | "
+            f"{mb(layer.random_bytes)} |"
         )
     lines += ["", "| image | layers | `docker inspect` Size MB |", "|---|---|---:|"]
     for name, layers in image_set.IMAGES.items():
-        lines.append(f"| {name} | {' + '.join(layers)} | {_mb(images.sizes[name])} |")
+        lines.append(f"| {name} | {' + '.join(layers)} | {mb(images.sizes[name])} |")
     content = sum(layer.content_bytes for layer in images.layers.values())
     random_share = sum(layer.random_bytes for layer in images.layers.values()) / max(content, 1)
     per_image = sum(images.sizes.values())
     lines += [
         "",
-        f"Unique content {_mb(content)} MB ({random_share:.0%} random), `docker save` of all "
-        f"four {_mb(sizes['all.tar'])} MB, the four images separately {_mb(per_image)} MB; "
+        f"Unique content {mb(content)} MB ({random_share:.0%} random), `docker save` of all "
+        f"four {mb(sizes['all.tar'])} MB, the four images separately {mb(per_image)} MB; "
         f"built in {images.build_seconds:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
@@ -846,19 +600,6 @@ def _check_host(scale: float, work_parent: Path) -> None:
         sys.exit(f"bench.round_trip: needs about {needed / 1e9:.0f} GB free, {free / 1e9:.0f} GB")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the clean-up below
-
-
-@contextlib.contextmanager
-def _scratch(parent: Path | None) -> Iterator[Path]:
-    work = image_set.scratch_dir(parent)
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -873,8 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # `-m forklift_boot` and `-m bench.parallel_gzip` import from here
     _check_host(args.scale, args.work_dir or Path("/tmp"))
-    signal.signal(signal.SIGTERM, _terminate)
-    with _scratch(args.work_dir) as work, DockerDaemon() as daemon:
+    signal.signal(signal.SIGTERM, terminate)
+    with scratch(args.work_dir) as work, DockerDaemon() as daemon:
         tmp = work / "tmp"
         tmp.mkdir()
         env = {
