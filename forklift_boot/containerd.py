@@ -315,6 +315,7 @@ class ContainerdTarget:
         self.ctr = ctr
         self.platform = platform
         self.description = ctr.where
+        self._loaded_layers: set[str] = set()  # layer blobs this run's imports put in
 
     def resolve(self, ref: str) -> str | None:
         try:
@@ -352,16 +353,31 @@ class ContainerdTarget:
             repo_tags=(),
             names=dict.fromkeys(names, plan.manifest),
         )
-        self.ctr.stream_in(
-            ["images", "import", "--platform", self.platform, "-"],
-            write_load_archive(reader, [image], on_bytes=on_bytes),
-            ref=", ".join(names),
+        # containerd keeps the blobs an image names: a layer this run already sent is not
+        # sent again (ctr import takes it from the content store).
+        omit = frozenset(
+            self._loaded_layers & {layer.digest for layer in plan.layers} if thin else ()
         )
+        argv = ["images", "import", "--platform", self.platform, "-"]
+        try:
+            self.ctr.stream_in(
+                argv,
+                write_load_archive(reader, [image], omit_layers=omit, on_bytes=on_bytes),
+                ref=", ".join(names),
+            )
+        except EngineError as err:
+            if not omit:
+                raise
+            log.warning("thin import of %s failed (%s); sending every layer", names[0], err)
+            self.ctr.stream_in(
+                argv, write_load_archive(reader, [image], on_bytes=on_bytes), ref=", ".join(names)
+            )
         if not self.has_image(plan.image_id):
             raise EngineError(
                 f"{self.ctr.where}: ctr images import accepted {plan.wanted.canonical} "
                 "but does not list it"
             )
+        self._loaded_layers.update(layer.digest for layer in plan.layers)
 
     def make_resolvable(
         self, pending: Sequence[tuple[LoadPlan, ImageRef]], *, record_digests: bool

@@ -153,6 +153,7 @@ class DockerTarget:
         self.info = info
         self.description = f"Docker at {engine.base_url}"
         self.platform = info.platform
+        self._loaded_layers: set[str] = set()  # layer blobs this run's loads put in the store
 
     def resolve(self, ref: str) -> str | None:
         info = self.engine.inspect_image(ref)
@@ -200,7 +201,13 @@ class DockerTarget:
             repo_tags=_repo_tags(plan.wanted),
             names=_containerd_store_names(plan),
         )
-        omit = self._present_layers(plan) if thin and not self.info.is_containerd_store else set()
+        omit: set[str] = set()
+        if thin:
+            omit = (
+                self._loaded_layers & {layer.digest for layer in plan.layers}
+                if self.info.is_containerd_store
+                else self._present_layers(plan)
+            )
         try:
             self.engine.load(
                 write_load_archive(reader, [image], omit_layers=frozenset(omit), on_bytes=on_bytes)
@@ -215,6 +222,9 @@ class DockerTarget:
             self.engine.load(write_load_archive(reader, [image], on_bytes=on_bytes))
         if not self.has_image(self.identity(plan)):
             raise EngineError(f"Docker accepted {plan.wanted.canonical} but does not list it")
+        # The containerd image store keeps the blobs an image names: a later image of this run
+        # that shares a layer needn't send it again (the store can't be asked which it has).
+        self._loaded_layers.update(layer.digest for layer in plan.layers)
 
     def make_resolvable(
         self, pending: Sequence[tuple[LoadPlan, ImageRef]], *, record_digests: bool

@@ -9,6 +9,7 @@ names (alpha, beta, gamma) are pulled by their loopback name and tagged ``docker
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,3 +275,41 @@ def test_failing_ctr_is_one_line(capsys: Capture, tmp_path: Path, containerd: Co
     [line] = [line for line in err.splitlines() if line.startswith("Error:")]
     assert "namespace Bad_Namespace!" in line, err
     assert "alpha:1.0" in line, err
+
+
+def test_shared_layers_are_imported_once(capsys: Capture, tmp_path: Path, stores: Stores) -> None:
+    """containerd keeps what an import sent: a layer shared by later images is not sent again."""
+    containerd, registry, published_images = stores.containerd, stores.registry, stores.published
+    refs = [image.tag_ref for image in published_images.values()]
+    pull_into(containerd, registry, published_images, "default")
+    cache = tmp_path / "cache"
+    where = ["--containerd-address", str(containerd.sock), "--namespace", "default"]
+    code, err = run(
+        capsys, "cache-img", "--from", "containerd", *where, "--cache-dir", str(cache), *refs
+    )
+    assert code == 0, err
+    remove_all(containerd, "default")
+    with registry.offline():
+        code = cli.main(
+            [
+                "load-img",
+                "--into",
+                "containerd",
+                *where,
+                "--cache-dir",
+                str(cache),
+                "--json",
+                *refs,
+            ],
+            env={"DOCKER_HOST": "unix:///nonexistent", "HOME": "/nonexistent"},
+        )
+        captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "sending every layer" not in captured.err, captured.err
+    # Each blob of the cache (the four images' manifests, configs and layers), once.
+    every_blob = sum(path.stat().st_size for path in (cache / "blobs" / "sha256").iterdir())
+    assert json.loads(captured.out)["bytes_written"] == every_blob
+    check = containerd.ctr("images", "check", namespace="default").stdout.splitlines()[1:]
+    assert len(check) >= len(refs)
+    assert all("complete" in line for line in check), check
+    remove_all(containerd, "default")

@@ -244,3 +244,38 @@ def test_containerd_store_cache_into_the_classic_store_every_ref_resolves(
         assert code == 0, err
         store: ImageStore = classic_store
         store.assert_resolves(published_images.values(), refs)
+
+
+def test_shared_layers_are_sent_once(
+    capsys: Capture,
+    tmp_path: Path,
+    containerd_store: DockerStore,
+    published_images: dict[str, PublishedImage],
+    registry: Registry,
+) -> None:
+    """The store keeps what a load sent: a layer shared by later images is not sent again."""
+    refs = [image.tag_ref for image in published_images.values()]
+    containerd_store.put(published_images.values())
+    cache = tmp_path / "cache"
+    code, _, err = run(
+        capsys, containerd_store.docker_host, "cache-img", "--cache-dir", str(cache), *refs
+    )
+    assert code == 0, err
+    containerd_store.remove_all(published_images.values())
+    with registry.offline():
+        code, out, err = run(
+            capsys,
+            containerd_store.docker_host,
+            "load-img",
+            "--json",
+            "--cache-dir",
+            str(cache),
+            *refs,
+        )
+    assert code == 0, err
+    assert "sending every layer" not in err, err
+    # Each blob of the cache (the four images' manifests, configs and layers, each once).
+    every_blob = sum(path.stat().st_size for path in (cache / "blobs" / "sha256").iterdir())
+    assert json.loads(out)["bytes_written"] == every_blob
+    containerd_store.assert_resolves(published_images.values(), refs)
+    containerd_store.remove_all(published_images.values())
