@@ -116,7 +116,7 @@ def _take_member(archive: tarfile.TarFile, member: tarfile.TarInfo, stream: _Sav
     if file is None:
         return
     head = file.read(512)
-    body = io.BufferedReader(_Prefixed(head, file), BUFFER_SIZE)
+    body = io.BufferedReader(Prefixed(head, file), BUFFER_SIZE)
     if name == "manifest.json":
         stream.manifest = _parse_json(body, name)
     elif name.endswith("/layer.tar") or (name.startswith("blobs/") and _is_tar(head)):
@@ -436,7 +436,7 @@ class _ChunkReader(io.RawIOBase):
         return size
 
 
-class _Prefixed(io.RawIOBase):
+class Prefixed(io.RawIOBase):
     """A file whose first bytes were already read (to sniff its type)."""
 
     def __init__(self, head: bytes, rest: IO[bytes]) -> None:

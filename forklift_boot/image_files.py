@@ -54,8 +54,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
+from forklift_boot.archive import Prefixed
 from forklift_boot.cache import BUFFER_SIZE, CacheReader, Descriptor
 from forklift_boot.errors import CacheError, ForkliftBootError
 
@@ -179,6 +180,7 @@ def export_image_path(
             reader, image, layers, source=source, work_root=temp_dir / "export", options=options
         )
         _rename_into_place(extraction, destination)
+        extraction.finish_top(destination)
     finally:
         _remove_tree(temp_dir)
     return extraction.result()
@@ -381,7 +383,8 @@ class _Extraction:
 
     def finish(self) -> None:
         """Checks that SOURCE was found, then gives directories their modes and times (last,
-        since adding entries changes a directory's mtime and a read-only one refuses them)."""
+        since adding entries changes a directory's mtime and a read-only one refuses them),
+        all but the top one, which gets its own once renamed into place (``finish_top``)."""
         node = self.lookup(self.subtree)
         where = "/" + "/".join(self.subtree)
         if node is None:
@@ -394,9 +397,23 @@ class _Extraction:
                 f"couldn't export {self.source} from {self.image}: {where} is a {node.kind}, "
                 "which only root can create"
             )
-        directories = [(parts, child) for parts, child in self.walk() if child.kind == DIRECTORY]
+        if self.options.to_tar:
+            return  # the tar's headers come from the tree; the disk copy stays readable
+        directories = [
+            (parts, child)
+            for parts, child in self.walk()
+            if child.kind == DIRECTORY and parts != self.subtree
+        ]
         for parts, child in reversed(directories):
             self._set_meta(self._disk_path(parts), child.meta, DIRECTORY)
+
+    def finish_top(self, path: Path) -> None:
+        """Gives the exported directory, now at ``path``, its mode and times: only after the
+        rename, since moving a directory to another parent rewrites its ``..`` entry, which
+        needs write permission on it (a ``0555`` directory would refuse, except to root)."""
+        node = self.lookup(self.subtree)
+        if node is not None and node.kind == DIRECTORY:
+            self._set_meta(path, node.meta, DIRECTORY)
 
     def result(self) -> ExportResult:
         node = self.lookup(self.subtree)
@@ -754,7 +771,7 @@ class _Extraction:
             raise self.write_error(path, err) from err
         try:
             self._write_data(fd, path, data)
-            if meta is not None:
+            if meta is not None and not self.options.to_tar:  # tar: as in _set_meta
                 try:
                     if self.options.preserve_owner:
                         os.fchown(fd, meta.uid, meta.gid)  # before chmod: chown clears set-ID bits
@@ -802,6 +819,10 @@ class _Extraction:
             raise self.write_error(path, err) from err
 
     def _set_meta(self, path: Path, meta: _Meta, kind: str) -> None:
+        if self.options.to_tar:
+            # The tar's headers come from the tree: the disk copy keeps the modes it was made
+            # with, so a 0000 file or directory stays readable for a user other than root.
+            return
         try:
             if self.options.preserve_owner:
                 # Before chmod: chown clears set-user-ID bits.
@@ -835,7 +856,7 @@ class _Extraction:
         blob = self.reader.open_blob(layer.digest, expected_size=layer.size)
         try:
             head = blob.read(4)
-            raw = io.BufferedReader(_Prefixed(head, blob), buffer_size=BUFFER_SIZE)
+            raw = io.BufferedReader(Prefixed(head, blob), buffer_size=BUFFER_SIZE)
             if head.startswith(_GZIP_MAGIC):
                 with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
                     yield stream
@@ -975,28 +996,6 @@ def _drain(stream: _Stream) -> None:
         pass
 
 
-class _Prefixed(io.RawIOBase):
-    """A file whose first bytes were already read (to sniff its compression)."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        super().__init__()
-        self._head = memoryview(head)
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._head:
-            size = min(len(buffer), len(self._head))
-            buffer[:size] = self._head[:size]
-            self._head = self._head[size:]
-            return size
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
 @contextmanager
 def _zstd_decompressed(raw: IO[bytes], image: str, digest: str) -> Iterator[IO[bytes]]:
     """zstd through the ``zstd`` program (Debian's zstd package), fed by a thread so the blob
@@ -1075,7 +1074,17 @@ def _check_destination(destination: Path, image: str, source: str) -> None:
         raise ForkliftBootError(
             f"couldn't export {source} from {image} to {destination}: {err.strerror or err}"
         ) from err
-    if stat.S_ISDIR(status.st_mode) and any(destination.iterdir()):
+    if not stat.S_ISDIR(status.st_mode):
+        return
+    try:
+        with os.scandir(destination) as entries:
+            is_empty = next(entries, None) is None
+    except OSError as err:
+        raise ForkliftBootError(
+            f"couldn't export {source} from {image}: couldn't read the directory "
+            f"{destination}: {err.strerror or err}"
+        ) from err
+    if not is_empty:
         raise ForkliftBootError(
             f"couldn't export {source} from {image}: {destination} already exists and isn't "
             "empty; remove it, or give a path that doesn't exist yet"

@@ -186,9 +186,14 @@ def put_image(
 
 
 def put_index(
-    cache_dir: Path, ref: str, per_platform: dict[str, Sequence[bytes]]
+    cache_dir: Path,
+    ref: str,
+    per_platform: dict[str, Sequence[bytes]],
+    *,
+    cached_for: str | None = None,
 ) -> dict[str, StoredImage]:
-    """Stores an image index with one manifest per ``os/arch`` platform."""
+    """Stores an image index with one manifest per ``os/arch`` platform; ``cached_for`` is
+    the platform the entry records it was cached for (none by default)."""
     stored: dict[str, StoredImage] = {}
     children = []
     with ImageCache(cache_dir).writing() as writer:
@@ -211,7 +216,7 @@ def put_index(
         ).encode()
         descriptor = writer.write_blob(index, MEDIA_OCI_INDEX)
         canonical = parse_image_ref(ref).with_default_tag().canonical
-        writer.put_images([CachedImage(canonical, (ref,), descriptor)])
+        writer.put_images([CachedImage(canonical, (ref,), descriptor, platform=cached_for)])
     return stored
 
 

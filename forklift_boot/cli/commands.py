@@ -172,7 +172,7 @@ def _cache_from_containerd(args: argparse.Namespace, settings: Settings, out: Te
     images = required_images(args, settings)
     source = ContainerdSource(
         Ctr(args.containerd_address, args.namespace),
-        _host_platform(settings),
+        host_platform(settings),
         all_platforms=args.all_platforms,
     )
     report = cache_images(
@@ -186,7 +186,7 @@ def _cache_from_containerd(args: argparse.Namespace, settings: Settings, out: Te
     return report.exit_code
 
 
-def _host_platform(settings: Settings) -> str:
+def host_platform(settings: Settings) -> str:
     """``--platform``/``FORKLIFT_PLATFORM``, else dpkg's architecture, else the machine's."""
     if settings.platform:
         try:
@@ -241,7 +241,7 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
         ctr = Ctr(args.containerd_address, args.namespace)
         report = load_images(
             images,
-            ContainerdTarget(ctr, _host_platform(settings)),
+            ContainerdTarget(ctr, host_platform(settings)),
             cache,
             thin=args.thin,
             record_digests=args.record_digests,
@@ -435,11 +435,13 @@ def cache_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     ref = parse_image_ref(args.ref)
     wanted = Wanted(ref.with_default_tag().canonical, (ref,), essential=True)
     destination = Path(args.output)
+    if settings.platform:
+        host_platform(settings)  # a bad --platform: a usage error before anything is read
     with ImageCache(settings.cache_dir).reading() as reader:
         entry = reader.find(wanted.canonical)
         if entry is None:
             raise ForkliftBootError(f"couldn't export {args.ref}: it is not in the cache")
-        plan = plan_load(reader, entry, wanted, settings.platform or _entry_platform(entry))
+        plan = plan_load(reader, entry, wanted, entry_platform(settings, entry))
         tagged = ref.with_default_tag()
         image = ArchiveImage(
             plan.manifest,
@@ -536,8 +538,12 @@ def _canonical(text: str) -> str:
         raise UsageError(str(err)) from err
 
 
-def _entry_platform(entry: CachedImage) -> str:
-    return entry.platform or "linux/amd64"
+def entry_platform(settings: Settings, entry: CachedImage) -> str:
+    """The platform to take from a cached image index: ``--platform``, else the one it was
+    cached for, else this machine's (as ``host_platform``)."""
+    if settings.platform or not entry.platform:
+        return host_platform(settings)
+    return entry.platform
 
 
 def _write_file(destination: Path, chunks: Any) -> None:

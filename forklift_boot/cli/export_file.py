@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform as pyplatform
 from pathlib import Path
 from typing import TextIO
 
 from forklift_boot.cache import ImageCache, human_bytes
-from forklift_boot.config import Settings, dpkg_architecture
+from forklift_boot.cli.commands import entry_platform, host_platform
+from forklift_boot.config import Settings
 from forklift_boot.errors import ForkliftBootError, UsageError
 from forklift_boot.image_files import ExportResult, export_image_path, write_image_path_tar
 from forklift_boot.imaging import Wanted, plan_load
-from forklift_boot.platforms import default_platform
 from forklift_boot.refs import parse_image_ref
 
 log = logging.getLogger("forklift_boot")
@@ -28,6 +27,8 @@ def cache_export_file(args: argparse.Namespace, settings: Settings, out: TextIO)
             "couldn't export to standard output: it is a terminal; redirect it to a file or "
             "a pipe (`| tar -x`)"
         )
+    if settings.platform:
+        host_platform(settings)  # a bad --platform: a usage error before anything is read
     with ImageCache(settings.cache_dir).reading() as reader:
         entry = reader.find(wanted.canonical)
         if entry is None:
@@ -35,9 +36,7 @@ def cache_export_file(args: argparse.Namespace, settings: Settings, out: TextIO)
                 f"couldn't export {args.source} from {args.ref}: the image is not in the cache "
                 f"{settings.cache_dir}; cache it first (forklift-boot cache-img {args.ref})"
             )
-        # An image index in the cache: --platform, else this machine's, as load-img does.
-        platform = settings.platform or entry.platform or _host_platform()
-        plan = plan_load(reader, entry, wanted, platform)
+        plan = plan_load(reader, entry, wanted, entry_platform(settings, entry))
         if to_stdout:
             out.flush()
             result = write_image_path_tar(reader, args.ref, plan.layers, args.source, out.buffer)
@@ -48,10 +47,6 @@ def cache_export_file(args: argparse.Namespace, settings: Settings, out: TextIO)
             )
     _log_result(args, result)
     return 0
-
-
-def _host_platform() -> str:
-    return default_platform(None, dpkg_architecture(), pyplatform.machine())
 
 
 def _log_result(args: argparse.Namespace, result: ExportResult) -> None:

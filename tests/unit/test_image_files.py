@@ -9,14 +9,23 @@ real dockerd.
 from __future__ import annotations
 
 import io
+import json
 import os
+import platform as pyplatform
+import pwd
+import shutil
 import stat
+import subprocess
+import sys
 import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 
+import forklift_boot
 from forklift_boot import cli
 from forklift_boot.cache import MEDIA_OCI_LAYER_GZIP, CacheReader, Descriptor, ImageCache
 from forklift_boot.errors import ForkliftBootError
@@ -563,6 +572,185 @@ def test_a_tar_on_stdout(capsysbinary: pytest.CaptureFixture[bytes], cache_dir: 
         null = members["srv/null"]
         # Device nodes are in the tar whoever runs it: nothing has to be created for them.
         assert (null.ischr(), null.devmajor, null.devminor) == (True, 1, 3)
+
+
+def test_without_platform_both_exports_take_the_hosts(
+    capsys: Capture, cache_dir: Path, out_dir: Path
+) -> None:
+    """``cache export-file`` and ``cache export-img`` choose the same manifest of an index:
+    ``--platform``, else the one the entry was cached for, else this machine's."""
+    host = {"x86_64": "amd64", "aarch64": "arm64"}[pyplatform.machine()]
+    per_platform: dict[str, Sequence[bytes]] = {
+        f"linux/{arch}": [layer_tar(file("arch", arch.encode()))]
+        for arch in ("riscv64", "amd64", "arm64")
+    }
+    put_index(cache_dir, REF, per_platform)
+    put_index(cache_dir, "registry.example/files:arm", per_platform, cached_for="linux/arm64")
+    cases = [
+        (REF, [], host),
+        ("registry.example/files:arm", [], "arm64"),
+        ("registry.example/files:arm", ["--platform", "linux/riscv64"], "riscv64"),
+        (REF, ["--platform", "linux/arm64"], "arm64"),
+    ]
+    for number, (ref, options, arch) in enumerate(cases):
+        dest = out_dir / f"file-{number}"
+        code, _, err = run(capsys, cache_dir, *options, ref, "arch", "-o", str(dest))
+        assert code == 0, err
+        assert dest.read_bytes() == arch.encode(), (ref, options)
+        archive = out_dir / f"img-{number}.tar"
+        argv = ["--cache-dir", str(cache_dir), "cache", "export-img", *options, ref]
+        assert cli.main([*argv, "-o", str(archive)], env={"HOME": "/nonexistent"}) == 0
+        assert _archive_architecture(archive) == arch, (ref, options)
+
+
+def _archive_architecture(path: Path) -> str:
+    """The architecture in the config of a docker-archive's one image."""
+    with tarfile.open(path) as tar:
+        manifest_file = tar.extractfile("manifest.json")
+        assert manifest_file is not None
+        [image] = json.load(manifest_file)
+        config_file = tar.extractfile(image["Config"])
+        assert config_file is not None
+        return str(json.load(config_file)["architecture"])
+
+
+@pytest.mark.parametrize("command", ["export-file", "export-img"])
+def test_a_bad_platform_is_a_usage_error(
+    capsys: Capture, cache_dir: Path, out_dir: Path, command: str
+) -> None:
+    put_index(cache_dir, REF, {"linux/amd64": [layer_tar(file("arch", b"amd64"))]})
+    put_image(cache_dir, "registry.example/plain:1", [layer_tar(file("arch", b"amd64"))])
+    source = ["arch"] if command == "export-file" else []
+    for ref in (REF, "registry.example/plain:1", "registry.example/not-cached:1"):
+        argv = ["--cache-dir", str(cache_dir), "cache", command, "--platform", "linux/"]
+        code = cli.main([*argv, ref, *source, "-o", str(out_dir / "x")], env={"HOME": "/n"})
+        err = capsys.readouterr().err
+        assert code == 2, ref
+        assert err.strip().splitlines() == [
+            "Error: --platform: invalid platform 'linux/': expected os/arch[/variant], "
+            "e.g. linux/arm64"
+        ]
+        assert list(out_dir.iterdir()) == []
+
+
+# --- as a user other than root ----------------------------------------------------------------
+
+# Fedora's /etc/shadow is 0000; read-only and closed directories are common too.
+READ_ONLY_LAYERS = [
+    layer_tar(
+        directory("etc"),
+        file("etc/shadow", b"root:*::0:99999:7:::\n", mode=0o000),
+        directory("etc/ro", mode=0o555, mtime=MTIME + 1),
+        file("etc/ro/f", b"ro", mode=0o444, mtime=MTIME + 2),
+        directory("etc/closed", mode=0o000, mtime=MTIME + 3),
+        file("etc/closed/g", b"g", mode=0o644),
+    )
+]
+
+
+@pytest.fixture
+def nobody_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A directory the user nobody owns, with a cache of READ_ONLY_LAYERS in it (pytest's
+    tmp_path is under a directory only root may enter)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        require_component(request.config, "needs root and setpriv (util-linux) to run as nobody")
+    path = Path(tempfile.mkdtemp(prefix="forklift-boot-nobody-"))
+    try:
+        path.chmod(0o755)
+        put_image(path / "cache", REF, READ_ONLY_LAYERS)
+        (path / "out").mkdir()
+        (path / "tmp").mkdir()
+        nobody = pwd.getpwnam("nobody")
+        for directory_path, names, files in os.walk(path):
+            for name in [".", *names, *files]:
+                os.chown(Path(directory_path, name), nobody.pw_uid, nobody.pw_gid)
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def run_as_nobody(root: Path, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    nobody = pwd.getpwnam("nobody")
+    command = [
+        "setpriv",
+        f"--reuid={nobody.pw_uid}",
+        f"--regid={nobody.pw_gid}",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "forklift_boot",
+        "--cache-dir",
+        str(root / "cache"),
+        "cache",
+        "export-file",
+        REF,
+        *argv,
+    ]
+    env = {
+        "HOME": "/nonexistent",
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(forklift_boot.__file__).parents[1]),
+        "TMPDIR": str(root / "tmp"),
+    }
+    return subprocess.run(command, check=False, env=env, capture_output=True, cwd=root, timeout=120)
+
+
+def test_a_tar_of_unreadable_files_as_nobody(nobody_dir: Path) -> None:
+    """The tar's modes come from the image; what is on the disk meanwhile stays readable."""
+    done = run_as_nobody(nobody_dir, "etc", "-o", "-")
+    assert done.returncode == 0, done.stderr.decode()
+    found: dict[str, tuple[Any, ...]] = {}
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        for member in tar:
+            data = tar.extractfile(member) if member.isreg() else None
+            content = data.read() if data is not None else None
+            found[member.name] = (member.type, member.mode, member.uid, member.gid, member.mtime)
+            found[member.name] += (content,)
+    dir_, reg = tarfile.DIRTYPE, tarfile.REGTYPE
+    assert found == {
+        "etc": (dir_, 0o755, 0, 0, MTIME, None),
+        "etc/closed": (dir_, 0o000, 0, 0, MTIME + 3, None),
+        "etc/closed/g": (reg, 0o644, 0, 0, MTIME, b"g"),
+        "etc/ro": (dir_, 0o555, 0, 0, MTIME + 1, None),
+        "etc/ro/f": (reg, 0o444, 0, 0, MTIME + 2, b"ro"),
+        "etc/shadow": (reg, 0o000, 0, 0, MTIME, b"root:*::0:99999:7:::\n"),
+    }
+    assert list((nobody_dir / "tmp").iterdir()) == []
+
+
+def test_read_only_trees_as_nobody(nobody_dir: Path) -> None:
+    """A 0555 directory as DEST (rename(2) needs write permission on a directory that moves
+    to another parent), and 0000 files and directories inside one."""
+    out = nobody_dir / "out"
+    done = run_as_nobody(nobody_dir, "etc/ro", "-o", str(out / "ro"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert tree(out / "ro") == {".": ("dir", 0o555), "f": ("file", 0o444, b"ro")}
+    assert [int(p.lstat().st_mtime) for p in (out / "ro", out / "ro/f")] == [MTIME + 1, MTIME + 2]
+    done = run_as_nobody(nobody_dir, "etc", "-o", str(out / "etc"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert tree(out / "etc") == {
+        ".": ("dir", 0o755),
+        "closed": ("dir", 0o000),
+        "closed/g": ("file", 0o644, b"g"),
+        "ro": ("dir", 0o555),
+        "ro/f": ("file", 0o444, b"ro"),
+        "shadow": ("file", 0o000, b"root:*::0:99999:7:::\n"),
+    }
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert {p.lstat().st_uid for p in [out / "etc", *(out / "etc").rglob("*")]} == {nobody}
+    assert sorted(p.name for p in out.iterdir()) == ["etc", "ro"]  # no .partial left
+
+
+def test_an_unreadable_destination_directory_as_nobody(nobody_dir: Path) -> None:
+    locked = nobody_dir / "out/locked"
+    locked.mkdir(mode=0o000)  # root's: nobody can't list it
+    done = run_as_nobody(nobody_dir, "etc/ro", "-o", str(locked))
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().splitlines() == [
+        f"Error: couldn't export etc/ro from {REF}: couldn't read the directory {locked}: "
+        "Permission denied"
+    ]
+    assert sorted(p.name for p in (nobody_dir / "out").iterdir()) == ["locked"]
 
 
 # --- refused layers ---------------------------------------------------------------------------
