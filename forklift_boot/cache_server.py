@@ -34,7 +34,15 @@ from forklift_boot import __version__
 from forklift_boot.cache import BUFFER_SIZE, MAX_JSON_BLOB_SIZE, CacheReader, Descriptor
 from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, walk_blobs
 from forklift_boot.errors import CacheError, ImageRefError
-from forklift_boot.refs import parse_image_ref
+from forklift_boot.refs import (
+    NAME_TOTAL_LENGTH_MAX,
+    REGISTRY_HOST_RE,
+    REPOSITORY_RE,
+    TAG_RE,
+    host_path_component,
+    parse_image_ref,
+    path_component_host,
+)
 
 __all__ = [
     "ApiError",
@@ -57,18 +65,6 @@ _MAX_DISCARDED_BODY = 1 << 20
 
 # The cache stores sha256 blobs only; a digest is checked before it names anything.
 _DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
-# distribution/reference's path grammar: components start and end with [a-z0-9], so no "..",
-# no "%", no empty component can get through.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_REPOSITORY_MAX = 255
-_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
-# `cache push`'s spelling of a registry host with a port, where ":" can't be: 127.0.0.1_5000.
-_HOST_PORT_COMPONENT_RE = re.compile(
-    r"(?P<host>[a-z0-9-]+(?:\.[a-z0-9-]+)+|localhost)_(?P<port>[0-9]+)"
-)
 _DOCKER_HUB = "docker.io"
 # containerd sends the registry's host as written in the ref; Docker Hub has several spellings.
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
@@ -121,10 +117,12 @@ def repository_name(name: str, namespace: str | None = None) -> str:
     asks a mirror; then the name is the path in that registry. ApiError NAME_INVALID when the
     name or namespace is not one.
     """
-    if len(name) > _REPOSITORY_MAX or _REPOSITORY_RE.fullmatch(name) is None:
+    # distribution/reference's path grammar: components start and end with [a-z0-9], so no
+    # "..", no "%", no empty component can get through.
+    if len(name) > NAME_TOTAL_LENGTH_MAX or REPOSITORY_RE.fullmatch(name) is None:
         raise _name_invalid(name)
     if namespace is not None:
-        if _HOST_RE.fullmatch(namespace) is None:
+        if REGISTRY_HOST_RE.fullmatch(namespace) is None:
             raise ApiError(
                 400, "NAME_INVALID", "invalid ns parameter: not a registry host", {"ns": namespace}
             )
@@ -133,8 +131,8 @@ def repository_name(name: str, namespace: str | None = None) -> str:
         return f"{host}/{path}"
     first, _, rest = name.partition("/")
     text = name
-    if rest and (match := _HOST_PORT_COMPONENT_RE.fullmatch(first)):
-        text = f"{match['host']}:{match['port']}/{rest}"
+    if rest and (host_port := path_component_host(first)) is not None:
+        text = f"{host_port}/{rest}"
     try:
         return parse_image_ref(text).name
     except ImageRefError as err:
@@ -152,7 +150,12 @@ def catalog_name(repository: str, namespace: str | None = None) -> str | None:
     if namespace is not None:
         wanted = _DOCKER_HUB if namespace.lower() in _DOCKER_HUB_ALIASES else namespace
         return path if host == wanted else None
-    name = path if host == _DOCKER_HUB else f"{host.replace(':', '_')}/{path}"
+    if host == _DOCKER_HUB:
+        name = path
+    elif (component := host_path_component(host)) is not None:
+        name = f"{component}/{path}"
+    else:
+        return None
     try:
         return name if repository_name(name) == repository else None
     except ApiError:
@@ -458,7 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _catalog(
         self, params: dict[str, list[str]], namespace: str | None, *, send_body: bool
     ) -> None:
-        if namespace is not None and _HOST_RE.fullmatch(namespace) is None:
+        if namespace is not None and REGISTRY_HOST_RE.fullmatch(namespace) is None:
             raise ApiError(
                 400, "NAME_INVALID", "invalid ns parameter: not a registry host", {"ns": namespace}
             )
@@ -493,7 +496,7 @@ class _Handler(BaseHTTPRequestHandler):
             if media_type is None:
                 raise _manifest_unknown(name, reference)
         else:
-            if _TAG_RE.fullmatch(reference) is None:
+            if TAG_RE.fullmatch(reference) is None:
                 raise ApiError(400, "TAG_INVALID", "invalid tag", {"tag": reference})
             descriptor = repository.tags.get(reference)
             if descriptor is None:

@@ -9,7 +9,18 @@ from dataclasses import dataclass
 
 from forklift_boot.errors import ImageRefError
 
-__all__ = ["ImageRef", "is_image_id", "parse_image_ref"]
+__all__ = [
+    "NAME_TOTAL_LENGTH_MAX",
+    "PATH_COMPONENT_RE",
+    "REGISTRY_HOST_RE",
+    "REPOSITORY_RE",
+    "TAG_RE",
+    "ImageRef",
+    "host_path_component",
+    "is_image_id",
+    "parse_image_ref",
+    "path_component_host",
+]
 
 # --- Grammar pieces, named as in distribution/reference's regexp.go -------------------
 
@@ -50,7 +61,23 @@ _DEFAULT_DOMAIN = "docker.io"
 _LEGACY_DEFAULT_DOMAIN = "index.docker.io"
 _OFFICIAL_REPO_PREFIX = "library/"
 _DEFAULT_TAG = "latest"
-_NAME_TOTAL_LENGTH_MAX = 255
+
+# The grammar's pieces for the registry code (cache serve, cache push); fullmatch only.
+PATH_COMPONENT_RE = re.compile(_PATH_COMPONENT, re.ASCII)
+# A repository path, without its registry: ``library/alpha``, ``fbtest/delta``.
+REPOSITORY_RE = re.compile(_REMOTE_NAME, re.ASCII)
+TAG_RE = re.compile(_TAG, re.ASCII)
+# ``HOST[:PORT]``: a domain name, an IPv4 address or a bracketed IPv6 address.
+REGISTRY_HOST_RE = re.compile(_DOMAIN_AND_PORT, re.ASCII)
+# The longest repository name, in characters.
+NAME_TOTAL_LENGTH_MAX = 255
+
+# A registry host with a port as one repository-name component, where ":" can't be:
+# ``127.0.0.1_5000``; "_" is in no host name. As in Docker's rule for a first component, the
+# host needs a dot or to be localhost; anything else is a path (``app_1``).
+_HOST_PORT_COMPONENT_RE = re.compile(
+    r"(?P<host>[a-z0-9-]+(?:\.[a-z0-9-]+)+|localhost)_(?P<port>[0-9]+)", re.ASCII
+)
 
 
 @dataclass(frozen=True)
@@ -140,10 +167,10 @@ def parse_image_ref(text: str) -> ImageRef:
     # is not one (e.g. "foo_bar.com") becomes part of the path, with no domain.
     name = _ANCHORED_NAME_RE.fullmatch(match["name"])
     assert name is not None  # the reference grammar embeds the name grammar
-    if len(name["path"]) > _NAME_TOTAL_LENGTH_MAX:
+    if len(name["path"]) > NAME_TOTAL_LENGTH_MAX:
         raise _invalid(
             text,
-            f"repository name must not be more than {_NAME_TOTAL_LENGTH_MAX} characters",
+            f"repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters",
         )
 
     digest: str | None = match["digest"]
@@ -164,6 +191,23 @@ def parse_image_ref(text: str) -> ImageRef:
 def is_image_id(text: str) -> bool:
     """Whether ``text`` is an image ID: ``sha256:<64 hex>`` or bare 64 hex."""
     return _IMAGE_ID_RE.fullmatch(text) is not None
+
+
+def host_path_component(host: str) -> str | None:
+    """A registry host as a repository-name component, as `cache push` names it and `cache
+    serve` reads it back (``path_component_host``): ``127.0.0.1:5000`` -> ``127.0.0.1_5000``,
+    ``ghcr.io`` -> ``ghcr.io``; None for an IPv6 address, which has no such form."""
+    if host.startswith("["):
+        return None
+    return host.lower().replace(":", "_")
+
+
+def path_component_host(component: str) -> str | None:
+    """The ``HOST:PORT`` that a first repository-name component ``HOST_PORT`` stands for
+    (``127.0.0.1_5000`` -> ``127.0.0.1:5000``), or None if the component is not one: it
+    is then read as it is (``ghcr.io``, ``library``)."""
+    match = _HOST_PORT_COMPONENT_RE.fullmatch(component)
+    return f"{match['host']}:{match['port']}" if match else None
 
 
 def _split_docker_domain(text: str) -> tuple[str, str]:

@@ -24,7 +24,13 @@ import requests
 from forklift_boot.cache import BUFFER_SIZE, CacheReader, Descriptor
 from forklift_boot.cache.blobs import hash_file
 from forklift_boot.errors import CacheError, RegistryError
-from forklift_boot.refs import ImageRef
+from forklift_boot.refs import (
+    NAME_TOTAL_LENGTH_MAX,
+    PATH_COMPONENT_RE,
+    REGISTRY_HOST_RE,
+    ImageRef,
+    host_path_component,
+)
 from forklift_boot.registry import (
     DOCKER_HUB_DOMAIN,
     MANIFEST_ACCEPT,
@@ -48,13 +54,6 @@ log = logging.getLogger(__name__)
 
 # Blobs up to this size go in one PUT with the upload's POST before it: two requests.
 MONOLITHIC_LIMIT = 8 << 20
-# distribution/reference: the whole name, registry host included, is at most 255 characters.
-_NAME_TOTAL_LENGTH_MAX = 255
-_PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
-_HOST_RE = re.compile(
-    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"(?::[0-9]+)?|\[[a-fA-F0-9:]+\](?::[0-9]+)?"
-)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -82,17 +81,18 @@ class PushTarget:
         different images. A port's ``:`` (not allowed in a repository name) becomes ``_``,
         which no host name contains: ``127.0.0.1:5000`` -> ``127.0.0.1_5000``.
         """
-        host = (ref.domain or DOCKER_HUB_DOMAIN).lower()
-        if host.startswith("["):
+        host = host_path_component(ref.domain or DOCKER_HUB_DOMAIN)
+        if host is None:
             raise RegistryError(
                 f"couldn't name {ref.name} on {self.display}: an IPv6 registry address has no "
                 "form allowed in a repository name; cache it under a host name"
             )
-        path = "/".join(part for part in (self.prefix, host.replace(":", "_"), ref.path) if part)
-        if len(self.endpoint.host) + 1 + len(path) > _NAME_TOTAL_LENGTH_MAX:
+        path = "/".join(part for part in (self.prefix, host, ref.path) if part)
+        # distribution/reference: the whole name, registry host included, is at most this long.
+        if len(self.endpoint.host) + 1 + len(path) > NAME_TOTAL_LENGTH_MAX:
             raise RegistryError(
                 f"couldn't name {ref.name} on {self.display}: {self.endpoint.host}/{path} is "
-                f"longer than the {_NAME_TOTAL_LENGTH_MAX} characters a reference may have; "
+                f"longer than the {NAME_TOTAL_LENGTH_MAX} characters a reference may have; "
                 "choose a shorter prefix"
             )
         return path
@@ -121,12 +121,12 @@ def parse_push_target(text: str, *, plain_http: bool = False) -> PushTarget:
         scheme, host, prefix = parts.scheme, parts.netloc, parts.path
     else:
         host, _, prefix = given.partition("/")
-    if not host or _HOST_RE.fullmatch(host) is None:
+    if not host or REGISTRY_HOST_RE.fullmatch(host) is None:
         raise ValueError(f"invalid registry {text!r}: {host!r} is not a HOST[:PORT]")
     host = host.lower()  # host names are case-insensitive; repository names are lowercase
     prefix = prefix.strip("/")
     for component in prefix.split("/") if prefix else []:
-        if _PATH_COMPONENT_RE.fullmatch(component) is None:
+        if PATH_COMPONENT_RE.fullmatch(component) is None:
             raise ValueError(
                 f"invalid repository prefix {prefix!r} in {text!r}: {component!r} is not a "
                 "repository name component (lowercase letters, digits, and . _ - between them)"

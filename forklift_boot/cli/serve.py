@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import re
 import signal
@@ -13,6 +12,7 @@ from typing import TextIO
 from forklift_boot.cache_server import CacheServer
 from forklift_boot.config import Settings
 from forklift_boot.errors import CacheError, ForkliftBootError, UsageError
+from forklift_boot.registry import is_loopback_host
 from forklift_boot.systemd import notify
 
 __all__ = ["DEFAULT_LISTEN", "cache_serve", "parse_listen"]
@@ -65,7 +65,7 @@ def cache_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
 
 
 def _announce(server: CacheServer, cache_dir: Path, settings: Settings, out: TextIO) -> None:
-    if not _is_loopback(server.server_name):
+    if not is_loopback_host(server.server_name):
         log.warning(
             "serving the image cache to the network at %s: whoever reaches it can pull every"
             " cached image",
@@ -81,10 +81,3 @@ def _announce(server: CacheServer, cache_dir: Path, settings: Settings, out: Tex
     out.flush()
     if settings.notify_socket:
         notify("READY=1", f"STATUS=serving {cache_dir} at http://{server.address}")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

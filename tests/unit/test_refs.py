@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
 from forklift_boot.errors import ImageRefError
-from forklift_boot.refs import ImageRef, is_image_id, parse_image_ref
+from forklift_boot.refs import (
+    PATH_COMPONENT_RE,
+    REGISTRY_HOST_RE,
+    REPOSITORY_RE,
+    TAG_RE,
+    ImageRef,
+    host_path_component,
+    is_image_id,
+    parse_image_ref,
+    path_component_host,
+)
 
 HEX = "a97d837baef1734cfaa19c24f333bfdf402b78de634b63b7f51c422d0270300e"
 DIGEST = f"sha256:{HEX}"
@@ -272,6 +283,94 @@ def test_error_message(text: str, message: str) -> None:
 )
 def test_is_image_id(text: str, expected: bool) -> None:
     assert is_image_id(text) is expected
+
+
+# The grammar's pieces, as cache serve and cache push check names with them.
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        (PATH_COMPONENT_RE, "a.b__c-d---e", True),
+        (PATH_COMPONENT_RE, "a..b", False),  # one period at a time
+        (PATH_COMPONENT_RE, "a___b", False),  # one or two underscores
+        (PATH_COMPONENT_RE, "-a", False),
+        (PATH_COMPONENT_RE, "a/b", False),
+        (REPOSITORY_RE, "library/alpha", True),
+        (REPOSITORY_RE, "a//b", False),
+        (REPOSITORY_RE, "A/b", False),
+        (TAG_RE, "_v1.0-rc", True),
+        (TAG_RE, "a" * 128, True),
+        (TAG_RE, "a" * 129, False),
+        (TAG_RE, ".v1", False),
+        (TAG_RE, "v\u00e9", False),  # Go's \w is ASCII only
+        (REGISTRY_HOST_RE, "Registry.Example.com:5000", True),
+        (REGISTRY_HOST_RE, "127.0.0.1", True),
+        (REGISTRY_HOST_RE, "[::1]:5000", True),
+        (REGISTRY_HOST_RE, "-r.example", False),
+        (REGISTRY_HOST_RE, "r_1.example", False),
+        (REGISTRY_HOST_RE, "r.example:", False),
+        (REGISTRY_HOST_RE, "::1", False),  # IPv6 only in brackets
+    ],
+)
+def test_grammar_patterns(pattern: re.Pattern[str], text: str, expected: bool) -> None:
+    assert (pattern.fullmatch(text) is not None) is expected
+
+
+# A registry host as a repository-name component, as cache push writes it and cache serve
+# reads it back.
+
+
+@pytest.mark.parametrize(
+    ("host", "component"),
+    [
+        ("127.0.0.1:5000", "127.0.0.1_5000"),
+        ("localhost:5000", "localhost_5000"),
+        ("registry.example.com:443", "registry.example.com_443"),
+        ("my-registry.lan:5000", "my-registry.lan_5000"),
+    ],
+)
+def test_host_with_port_and_its_component_map_both_ways(host: str, component: str) -> None:
+    assert host_path_component(host) == component
+    assert path_component_host(component) == host
+
+
+@pytest.mark.parametrize("host", ["ghcr.io", "docker.io", "localhost", "127.0.0.1"])
+def test_host_without_port_is_its_own_component(host: str) -> None:
+    assert host_path_component(host) == host
+    # Read as it is, by Docker's rules: nothing to map back.
+    assert path_component_host(host) is None
+
+
+def test_host_components_are_lowercase_and_ipv6_has_none() -> None:
+    assert host_path_component("Registry.Example.COM:5000") == "registry.example.com_5000"
+    assert host_path_component("[::1]:5000") is None
+    assert host_path_component("[fe80::1]") is None
+
+
+@pytest.mark.parametrize(
+    "component",
+    [
+        "library",
+        "app_1",  # no dot and not localhost: a path, as Docker reads a first component
+        "registry_5000",
+        "127.0.0.1_",
+        "_5000",
+        "127.0.0.1_50a0",
+        "127.0.0.1__5000",
+        "127.0.0.1:5000",
+        "Localhost_5000",
+    ],
+)
+def test_components_that_stand_for_no_host(component: str) -> None:
+    assert path_component_host(component) is None
+
+
+def test_a_single_label_host_with_a_port_does_not_read_back() -> None:
+    # Its component has no dot, so it reads as a path (Docker Hub's "registry_5000/x"):
+    # cache push names it so, and cache serve serves such an image only under ?ns=.
+    assert host_path_component("registry:5000") == "registry_5000"
+    assert path_component_host("registry_5000") is None
 
 
 # Real references from the pallet-standard fixture's compose files.
