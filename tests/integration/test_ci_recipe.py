@@ -13,10 +13,12 @@ of the checkout, which downloads the dependencies from PyPI).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -397,6 +399,95 @@ def test_a_newer_commit_reuses_the_older_cache_and_drops_what_it_no_longer_needs
     assert cache_entries(tmp_path / "ci-cache") == entries
     assert cache_blobs(tmp_path / "ci-cache") == blobs
     assert "deleting 1 images the pallet no longer needs" in second.err
+
+
+@contextlib.contextmanager
+def small_filesystem(mount_point: Path) -> Iterator[None]:
+    """A tmpfs mounted on ``mount_point`` (made if missing), unmounted afterwards."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mount_point)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def shrink_to_what_it_holds(mount_point: Path) -> None:
+    """Leaves the tmpfs 64 KiB free: less than any copy asks for (room for index.json's
+    temporary, 1 MiB, besides the blobs)."""
+    used_kib = shutil.disk_usage(mount_point).used // 1024
+    subprocess.run(
+        ["mount", "-o", f"remount,size={used_kib + 64}k", str(mount_point)],
+        check=True,
+        capture_output=True,
+    )
+    assert shutil.disk_usage(mount_point).free <= 64 << 10
+
+
+@pytest.mark.parametrize("failure", ["no room", "killed mid-copy"])
+def test_a_copy_that_fails_leaves_the_rootfs_previous_cache_intact(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: FaultProxy, pushed: Images, failure: str
+) -> None:
+    if os.geteuid() != 0:
+        require_component(request.config, "needs root (mounts a tmpfs)")
+    repo = tmp_path / "fbci-pallet"
+    old_sha = commit_pallet(repo, pallet_files(proxy.host, pushed, with_old=True), "with old")
+    new_sha = commit_pallet(repo, pallet_files(proxy.host, pushed, with_old=False), "no old")
+    rootfs = make_rootfs(tmp_path / "rootfs")
+    before_entries = expected_entries(proxy.host, pushed, with_old=True)
+    before_blobs = expected_blobs(pushed, with_old=True)
+    url = f"file://{repo}"
+    with contextlib.ExitStack() as stack:
+        if failure == "no room":
+            # /var/cache/forklift of the rootfs is its own small filesystem.
+            stack.enter_context(small_filesystem(rootfs / "var/cache/forklift"))
+        first = fill(tmp_path, url, "--commit", old_sha, rootfs=rootfs, mirror=proxy.url)
+        assert first.code == 0, first.err
+        assert_rootfs_has(rootfs, before_entries, before_blobs)
+        # The new commit's images are all in the CI cache already: the failure is the copy's.
+        primed = fill(tmp_path, url, "--commit", new_sha, rootfs=None, mirror=proxy.url)
+        assert primed.code == 0, primed.err
+
+        if failure == "no room":
+            shrink_to_what_it_holds(rootfs / "var/cache/forklift")
+            env: dict[str, str] = {}
+            expected_code = 1  # cache copy's: not enough room, checked before writing
+        else:
+            # Killed (kill -9) right after the copy's first blob is in place.
+            env = {"FORKLIFT_BOOT_CRASH_AT": "blob-renamed"}
+            expected_code = 128 + signal.SIGKILL  # as bash reports a process killed by a signal
+        failed = fill(tmp_path, url, "--commit", new_sha, rootfs=rootfs, mirror=proxy.url, env=env)
+        assert failed.code == 1, failed.err
+        last = failed.err.splitlines()[-1]
+        assert last == (
+            f"fill-os-cache: error: couldn't copy the pallet's images into {rootfs}: forklift-boot"
+            f" cache copy exited with {expected_code} (its messages above); the cache that was in"
+            f" {rootfs / CACHE_IN_ROOTFS} is unchanged (the new one needs room beside it)"
+        )
+        if failure == "no room":
+            assert "couldn't copy images: copying" in failed.err
+            assert "free some space" in failed.err
+        assert "Traceback" not in failed.err
+        # The previous cache: the same images and blobs, valid; the staging copy is gone.
+        assert_rootfs_has(rootfs, before_entries, before_blobs)
+
+        # Once the copy can succeed, the rootfs gets exactly the new commit's images.
+        if failure == "no room":
+            subprocess.run(
+                ["mount", "-o", "remount,size=16m", str(rootfs / "var/cache/forklift")],
+                check=True,
+            )
+        again = fill(tmp_path, url, "--commit", new_sha, rootfs=rootfs, mirror=proxy.url)
+        assert again.code == 0, again.err
+        assert_rootfs_has(
+            rootfs,
+            expected_entries(proxy.host, pushed, with_old=False),
+            expected_blobs(pushed, with_old=False),
+        )
 
 
 def test_a_local_pallet_its_key_and_the_unit_enabled_without_systemctl(

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import docker
 
+from tests.testbed import leftovers
 from tests.testbed.dockerd import _ping
 from tests.testbed.registry import tail
 
@@ -142,20 +143,6 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if fields[0] not in ("Z", "X") else None
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-
-
 def _wait_gone(pid: int, start_time: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while _start_time(pid) == start_time:
@@ -178,12 +165,7 @@ def _remove_cgroups(name: str) -> None:
     daemons are killed (their state in /run is gone with the namespace, so no one cleans them);
     after a clean stop they are empty already. Only after every process in them has died."""
     for group in _cgroups_of(name):
-        if not group.is_dir():
-            continue
-        dirs = sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
-        for path in [*reversed(dirs), group]:
-            with contextlib.suppress(FileNotFoundError):
-                path.rmdir()
+        leftovers.remove_cgroup_tree(group)
 
 
 def _remove_dir(path: Path) -> None:
@@ -204,32 +186,19 @@ def sweep_stale(workdir: Path | None = None, min_age: float = 60) -> list[Path]:
     running there (its session was SIGKILLed and the shutdown hung) is killed first. Returns
     the dirs removed. Normally there is none: when pytest dies, ``unshare`` is killed
     (parent-death signal) and its child, the start script, gets SIGTERM (``--kill-child``)."""
-    removed = []
-    for path in sorted(Path(workdir or DEFAULT_WORKDIR).glob(f"{PREFIX}*")):
-        try:
-            if time.time() - path.stat().st_mtime < min_age:
-                continue
-            fd = os.open(path / ".lock", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # a live session owns it
-        try:
-            for pid, start_time in _recorded_pids(path):
-                if _start_time(pid) == start_time:
-                    with contextlib.suppress(ProcessLookupError):
-                        # unshare, then PID 1 of the namespace: that one takes all along.
-                        os.kill(pid, signal.SIGKILL)
-                    _wait_gone(pid, start_time, 10)
-            _remove_cgroups(path.name)
-            _remove_dir(path)
-            removed.append(path)
-        finally:
-            os.close(fd)
-    return removed
+
+    def remove(path: Path) -> bool:
+        for pid, start_time in _recorded_pids(path):
+            if _start_time(pid) == start_time:
+                with contextlib.suppress(ProcessLookupError):
+                    # unshare, then PID 1 of the namespace: that one takes all along.
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, start_time, 10)
+        _remove_cgroups(path.name)
+        _remove_dir(path)
+        return True
+
+    return leftovers.sweep_unowned(Path(workdir or DEFAULT_WORKDIR), PREFIX, min_age, remove)
 
 
 def _recorded_pids(path: Path) -> list[tuple[int, str]]:
@@ -344,13 +313,13 @@ class ContainerdStoreDaemon:
         if not self.is_running():
             raise DaemonError("not running")
         assert self._proc is not None
-        for child in _children(self._proc.pid):
+        for child in leftovers.children(self._proc.pid):
             return child
         raise DaemonError("not running (no PID 1 in the namespace)")
 
     def _daemon_pid(self, comm: str) -> int:
-        for child in _children(self.init_pid):
-            if _comm(child) == comm:
+        for child in leftovers.children(self.init_pid):
+            if leftovers.comm(child) == comm:
                 return child
         raise DaemonError(f"{comm} is not running")
 
@@ -422,7 +391,7 @@ class ContainerdStoreDaemon:
         while not _ping(self.sock):
             if self._proc.poll() is not None:
                 raise DaemonError(f"the daemons exited rc={self._proc.returncode}:\n{self.logs()}")
-            if not recorded and (children := _children(self._proc.pid)):
+            if not recorded and (children := leftovers.children(self._proc.pid)):
                 self._record_pids(children[0])
                 recorded = True
             if time.monotonic() > deadline:
@@ -449,7 +418,7 @@ class ContainerdStoreDaemon:
             return
         started = time.monotonic()
         if proc.poll() is None:
-            for child in _children(proc.pid):
+            for child in leftovers.children(proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGTERM)
             try:
@@ -469,7 +438,7 @@ class ContainerdStoreDaemon:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        children = _children(proc.pid)
+        children = leftovers.children(proc.pid)
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)

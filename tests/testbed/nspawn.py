@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tests.testbed import leftovers
+
 ART_MOUNT = "/srv/art"
 """Where the host's artefact dir (``art_dir``) appears inside, read-only."""
 
@@ -69,20 +71,6 @@ def _last_lines(text: str, lines: int) -> str:
     return "\n".join(_ANSI.sub("", text.replace("\r", "")).splitlines()[-lines:])
 
 
-def _comm(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def _cgroup_hierarchies() -> list[Path]:
     """Mount points of the hierarchies nspawn uses: name=systemd (v1) and/or the unified one."""
     found = []
@@ -113,16 +101,6 @@ def _cgroup_procs(group: Path) -> list[int]:
     return pids
 
 
-def _remove_cgroup_tree(group: Path) -> None:
-    """rmdir a cgroup and its children, deepest first (cgroupfs dirs go with rmdir only)."""
-    if not group.is_dir():
-        return
-    dirs = sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
-    for path in [*reversed(dirs), group]:
-        with contextlib.suppress(FileNotFoundError):
-            path.rmdir()
-
-
 def _cgroups_of(machine: str) -> list[Path]:
     return [h / _own_cgroup(h) / machine for h in _cgroup_hierarchies()]
 
@@ -132,7 +110,7 @@ def _remove_nspawn_leftovers(machine: str) -> None:
     leftovers in /run/systemd/nspawn (propagate/<machine>, and the empty dirs: /run is no
     tmpfs here)."""
     for group in _cgroups_of(machine):
-        _remove_cgroup_tree(group)
+        leftovers.remove_cgroup_tree(group)
     with contextlib.suppress(OSError):
         shutil.rmtree(_NSPAWN_RUN / "propagate" / machine)
     for path in (_NSPAWN_RUN / "locks", _NSPAWN_RUN / "propagate", _NSPAWN_RUN):
@@ -159,28 +137,15 @@ def sweep_stale(workdir: Path | None = None, min_age: float = 60) -> list[Path]:
     runs in their cgroups), with their cgroups and nspawn leftovers. Returns the dirs removed.
     A container whose pytest was killed powers itself off (parent-death signal), so its
     leftovers are swept by the next session."""
-    removed = []
-    for path in sorted(Path(workdir or DEFAULT_WORKDIR).glob(f"{PREFIX}*")):
-        try:
-            if time.time() - path.stat().st_mtime < min_age:
-                continue
-            fd = os.open(path / ".lock", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # a live session owns it
-        try:
-            if any(_cgroup_procs(group) for group in _cgroups_of(path.name)):
-                continue  # still shutting down
-            _remove_nspawn_leftovers(path.name)
-            _remove_dir(path)
-            removed.append(path)
-        finally:
-            os.close(fd)
-    return removed
+
+    def remove(path: Path) -> bool:
+        if any(_cgroup_procs(group) for group in _cgroups_of(path.name)):
+            return False  # still shutting down
+        _remove_nspawn_leftovers(path.name)
+        _remove_dir(path)
+        return True
+
+    return leftovers.sweep_unowned(Path(workdir or DEFAULT_WORKDIR), PREFIX, min_age, remove)
 
 
 class BootedContainer:
@@ -309,9 +274,9 @@ class BootedContainer:
                 raise ContainerError(
                     f"systemd-nspawn exited rc={self._proc.returncode} during boot:\n{self.log_tail()}"
                 )
-            for child in _children(self._proc.pid):
+            for child in leftovers.children(self._proc.pid):
                 if (
-                    _comm(child) == "systemd"
+                    leftovers.comm(child) == "systemd"
                     and Path(f"/proc/{child}/root/run/systemd/private").is_socket()
                 ):
                     return child
