@@ -4,9 +4,11 @@ on the registry, the order of its requests, and the report.
 An image's blobs go first (each once per repository: skipped when the registry has it,
 mounted when this run already put it in another repository, else uploaded), then the
 platform manifests an index lists, then the entry's manifest or index under its tag, or
-under its digest when the ref has no tag. An image whose tag (or digest) already names the
-cached manifest there is left alone without looking at its blobs: the registry checked them
-when the manifest went in.
+under its digest when the ref has no tag. A pinned entry (``name:tag@digest``) goes under its
+tag only when the cache has no plain ``name:tag`` entry, which says what the tag is now (as
+cache serve has it); else by digest. An image whose tag (or digest) already names the cached
+manifest there is left alone without looking at its blobs: the registry checked them when the
+manifest went in.
 """
 
 from __future__ import annotations
@@ -23,22 +25,28 @@ from typing import Any
 from forklift_boot.cache import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
-    NONDISTRIBUTABLE_LAYER_MEDIA_TYPES,
     CachedImage,
     CacheReader,
     Descriptor,
     human_bytes,
 )
+from forklift_boot.cache.walk import ROLE_CONFIG, ROLE_LAYER, DocumentStash, walk_blobs
 from forklift_boot.errors import CacheError, ForkliftBootError, ImageRefError, RegistryError
-from forklift_boot.imaging import Wanted
+from forklift_boot.imaging import Wanted, missing_outcome
 from forklift_boot.refs import ImageRef, parse_image_ref
 from forklift_boot.registry import RegistryAccessError, RegistryClient, RegistryConnectionError
 from forklift_boot.registry_push import ManifestRefusedError, PushRepository, PushTarget
-from forklift_boot.report import FAILED, MISSING, ImageOutcome, NoProgress, Progress, RunReport
+from forklift_boot.report import (
+    ALREADY_THERE,
+    DEFAULT_JOBS,
+    FAILED,
+    ImageOutcome,
+    NoProgress,
+    Progress,
+    RunReport,
+)
 
 __all__ = [
-    "ALREADY_THERE",
-    "DEFAULT_JOBS",
     "PUSHED",
     "PushCounts",
     "PushPlan",
@@ -50,8 +58,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PUSHED, ALREADY_THERE = "pushed", "already there"
-DEFAULT_JOBS = 4
+PUSHED = "pushed"
 
 
 # The report
@@ -83,6 +90,13 @@ class PushReport(RunReport):
 
     target: str  # host/prefix
     counts: PushCounts = field(default_factory=PushCounts)
+    # Credentials the registry refused, or a registry that couldn't be reached: the run stopped
+    # there; the images done before it are recorded.
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.error is not None else super().exit_code
 
     def headline(self) -> str:
         """``pushed 4/5 images to host/prefix (1 already there); blobs: 7 uploaded, 3 mounted,
@@ -97,7 +111,12 @@ class PushReport(RunReport):
         )
 
     def json_fields(self) -> dict[str, Any]:
-        return {"action": "push", "target": self.target, **self.counts.to_json()}
+        return {
+            "action": "push",
+            "target": self.target,
+            "error": self.error,
+            **self.counts.to_json(),
+        }
 
     def image_json(self, outcome: ImageOutcome) -> dict[str, Any]:
         # A push counts the bytes it sends per run (bytes_sent), not per image.
@@ -153,33 +172,43 @@ class PushPlan:
 
 
 def plan_push(reader: CacheReader, image: CachedImage, target: PushTarget) -> PushPlan:
-    """Reads what a cached image consists of; CacheError if part of it is missing or damaged."""
+    """What a cached image consists of, from one walk through its blobs; CacheError if part of
+    it is missing or damaged."""
     try:
         ref = parse_image_ref(image.canonical)
     except ImageRefError as err:
         raise CacheError(
             f"couldn't push {image.canonical}: its cache entry's name is {err}"
         ) from err
-    reader.referenced_blobs(image)  # raises CacheError naming what is missing or damaged
-    root = _read_document(reader, image.descriptor)
+    stash = DocumentStash(reader)
+    walk = walk_blobs(stash, image.descriptor)
+    problem = walk.image_problem()
+    if problem is not None:
+        raise CacheError(
+            f"couldn't read {image.canonical} from the image cache {reader.cache_dir}: {problem}"
+        )
+    descriptor = image.descriptor
+    if descriptor.digest not in stash.documents:
+        raise CacheError(
+            f"couldn't push {image.canonical}: its cache entry is a {descriptor.media_type}, not "
+            "an image manifest or index"
+        )
+    root = _Document(descriptor, stash.documents[descriptor.digest])
     children: list[_Document] = []
     missing: list[Descriptor] = []
     if root.is_index:
-        for child in _descriptors(root, "manifests", image):
-            if child.media_type in MANIFEST_MEDIA_TYPES and reader.has_blob(child.digest):
-                children.append(_read_document(reader, child))
+        # The walk checked the index; a platform it lacks was skipped, not read.
+        listed = stash.parsed[root.digest]["manifests"]
+        for number, item in enumerate(listed):
+            child = Descriptor.from_json(item, f"manifests[{number}]")
+            data = stash.documents.get(child.digest)
+            if child.media_type in MANIFEST_MEDIA_TYPES and data is not None:
+                children.append(_Document(child, data))
             else:
                 missing.append(child)
-    blobs: dict[str, Descriptor] = {}
-    for manifest in children if root.is_index else [root]:
-        config = _descriptors(manifest, "config", image)
-        for blob in [*config, *_descriptors(manifest, "layers", image)]:
-            # A non-distributable layer is served by its own URLs, never by registries.
-            if blob.media_type in NONDISTRIBUTABLE_LAYER_MEDIA_TYPES and not reader.has_blob(
-                blob.digest
-            ):
-                continue
-            blobs.setdefault(blob.digest, blob)
+    # Configs and layers, each once; a non-distributable layer the cache lacks was left out:
+    # its own URLs serve it, never a registry.
+    blobs = [r.descriptor for r in walk.reached if r.role in (ROLE_CONFIG, ROLE_LAYER)]
     return PushPlan(
         image,
         ref,
@@ -187,27 +216,8 @@ def plan_push(reader: CacheReader, image: CachedImage, target: PushTarget) -> Pu
         root,
         tuple(children),
         tuple(missing),
-        tuple(blobs.values()),
+        tuple(blobs),
     )
-
-
-def _read_document(reader: CacheReader, descriptor: Descriptor) -> _Document:
-    """The exact bytes of a cached manifest or index, their digest checked."""
-    data, _ = reader.read_document(descriptor.digest, expected_size=descriptor.size)
-    return _Document(descriptor, data)
-
-
-def _descriptors(document: _Document, key: str, image: CachedImage) -> list[Descriptor]:
-    try:
-        parsed = json.loads(document.data)
-        found = parsed[key]
-        items = found if isinstance(found, list) else [found]
-        return [Descriptor.from_json(item, f"{key} of {image.canonical}") for item in items]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CacheError(
-            f"couldn't read {document.digest} of {image.canonical} from the image cache: it is "
-            f"not a valid manifest ({err})"
-        ) from err
 
 
 # Pushing
@@ -225,14 +235,27 @@ def push_images(
 ) -> PushReport:
     """Pushes each wanted image that the cache holds. One image that fails doesn't stop the
     others; credentials the registry refuses, or a registry that can't be reached, stop the
-    run with a RegistryError."""
+    run: the report's ``error`` says why, and the images not pushed yet fail."""
     progress = progress or NoProgress()
     report = PushReport(target.display)
     pusher = _Pusher(
         reader, target, client, report.counts, jobs=jobs, chunk_size=chunk_size, progress=progress
     )
     for number, item in enumerate(wanted, 1):
-        outcome = pusher.push_wanted(item, number, len(wanted))
+        try:
+            outcome = pusher.push_wanted(item, number, len(wanted))
+        except (RegistryAccessError, RegistryConnectionError) as err:
+            # Every other image would fail the same way.
+            log.error("%s", err)
+            report.error = str(err)
+            outcome = item.outcome(FAILED, str(err))
+            report.outcomes.append(outcome)
+            progress.finish_image(outcome)
+            report.outcomes += [
+                rest.outcome(FAILED, "not pushed: the run stopped at the error above")
+                for rest in wanted[number:]
+            ]
+            break
         report.outcomes.append(outcome)
         progress.finish_image(outcome)
     return report.finish()
@@ -272,11 +295,7 @@ class _Pusher:
     def push_wanted(self, item: Wanted, number: int, total: int) -> ImageOutcome:
         entry = self._entries.get(item.canonical)
         if entry is None:
-            if item.essential:
-                log.error(
-                    "couldn't push %s: it is not in the cache; cache it first", item.written[0]
-                )
-            return item.outcome(MISSING, "not in the cache; cache it first")
+            return missing_outcome(item, "not in the cache; cache it first")
         try:
             plan = plan_push(self.reader, entry, self.target)
             self.progress.start_image(
@@ -284,7 +303,7 @@ class _Pusher:
             )
             status, detail = self.push(plan)
         except (RegistryAccessError, RegistryConnectionError):
-            raise  # every other image would fail the same way
+            raise  # push_images stops the run
         except (RegistryError, CacheError) as err:
             log.error("%s", err)
             return item.outcome(FAILED, str(err))
@@ -298,6 +317,9 @@ class _Pusher:
         """(status, detail) for one image."""
         repository = PushRepository(self.client, self.target, plan.repository)
         tag, pinned = plan.ref.tag, plan.ref.digest
+        if pinned is not None and plan.ref.tagged in self._entries:
+            # The plain entry says what the tag is now; this one keeps only its digest.
+            tag = None
         root = plan.root
         if pinned is not None and pinned != root.digest:
             # Docker hands out images, not their registry manifests: cache-img --from docker

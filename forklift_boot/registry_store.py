@@ -36,12 +36,11 @@ from forklift_boot.registry import (
     Repository,
     manifest_media_type,
 )
+from forklift_boot.report import DEFAULT_JOBS
 
-__all__ = ["DEFAULT_JOBS", "RegistrySource"]
+__all__ = ["RegistrySource"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_JOBS = 4
 
 
 @dataclass

@@ -15,6 +15,12 @@ CACHED, ALREADY_CACHED = "cached", "already cached"
 LOADED, PRESENT, TAGGED = "loaded", "present", "tagged"
 MISSING, FAILED, UNRESOLVED = "missing", "failed", "unresolved"
 FAILING = frozenset({MISSING, FAILED, UNRESOLVED})
+# cache copy/merge and cache push: the destination has the same manifest, its blobs and refs;
+# nothing was written.
+ALREADY_THERE = "already there"
+
+# Blobs a registry run (cache-img --from registry, cache push) transfers at once.
+DEFAULT_JOBS = 4
 
 
 class Progress(Protocol):

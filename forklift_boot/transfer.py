@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from forklift_boot.cache import (
     BUFFER_SIZE,
@@ -24,14 +24,22 @@ from forklift_boot.cache import (
     human_bytes,
 )
 from forklift_boot.cache.blobs import hash_file
-from forklift_boot.cache.durable import cache_os_error, fsync_directory, is_no_space, size_or_none
+from forklift_boot.cache.durable import is_no_space, size_or_none
 from forklift_boot.cache.index import read_index
 from forklift_boot.cache.layout import layout_problem
 from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, BlobWalk, ReachedBlob, walk_blobs
+from forklift_boot.cache.walk import DocumentStash as _DocumentStash
 from forklift_boot.errors import CacheError, UsageError
 from forklift_boot.faults import checkpoint
 from forklift_boot.imaging import group_by_canonical, missing_outcome
-from forklift_boot.report import FAILED, ImageOutcome, NoProgress, Progress, RunReport
+from forklift_boot.report import (
+    ALREADY_THERE,
+    FAILED,
+    ImageOutcome,
+    NoProgress,
+    Progress,
+    RunReport,
+)
 from forklift_boot.requirements import RequiredImage
 
 __all__ = [
@@ -51,7 +59,6 @@ COPIED = "copied"  # the destination had no image of that name
 REPLACED = "replaced"  # it had another manifest under that name; the source's won
 KEPT = "kept"  # it had another manifest under that name and kept it (--keep-existing)
 UPDATED = "updated"  # the same manifest: blobs it lacked (platforms, damaged ones) or refs added
-ALREADY_THERE = "already there"  # the same manifest, every blob and ref present: nothing written
 _DONE = frozenset({COPIED, REPLACED, KEPT, UPDATED, ALREADY_THERE})
 
 # What a blob costs beyond its bytes on the destination's filesystem (its last, partial block),
@@ -66,6 +73,7 @@ class TransferReport(RunReport):
 
     source_dir: Path
     destination_dir: Path
+    action: str = "copy"  # "copy" or "merge": the command, for --json
     blobs_copied: int = 0
     bytes_copied: int = 0
     blobs_skipped: int = 0  # already in the destination
@@ -96,6 +104,7 @@ class TransferReport(RunReport):
 
     def json_fields(self) -> dict[str, Any]:
         return {
+            "action": self.action,
             "source": str(self.source_dir),
             "destination": str(self.destination_dir),
             "error": self.error,
@@ -115,6 +124,7 @@ def copy_images(
     *,
     keep_existing: bool = False,
     progress: Progress | None = None,
+    action: Literal["copy", "merge"] = "copy",
 ) -> TransferReport:
     """Copies the ``required`` images (all of them with None) from ``source`` into
     ``destination``, which is created if missing and otherwise merged into.
@@ -122,9 +132,10 @@ def copy_images(
     Entries are matched by canonical name. Where both hold the same name with different
     manifests, the source's replaces the destination's (its blobs stay until `cache del-img`
     collects them), unless ``keep_existing``; the refs as written are always the union.
+    ``action`` names the command in the report ("copy", or "merge" into the configured cache).
     """
     progress = progress or NoProgress()
-    report = TransferReport(source.cache_dir, destination.cache_dir)
+    report = TransferReport(source.cache_dir, destination.cache_dir, action)
     _check_source(source.cache_dir)
     if _is_same_directory(source.cache_dir, destination.cache_dir):
         raise UsageError(
@@ -212,26 +223,6 @@ def _plan(
         log.error("%s", message)
         report.outcomes.append(_outcome(image, FAILED, message, essential=essential))
     return plans
-
-
-class _DocumentStash:
-    """The source as walk_blobs sees it; keeps the bytes of the manifests and indexes it reads
-    (verified against their digests), so that copying them needs no second read."""
-
-    def __init__(self, reader: CacheReader) -> None:
-        self._reader = reader
-        self.documents: dict[str, bytes] = {}
-
-    def has_blob(self, digest: str) -> bool:
-        return self._reader.has_blob(digest)
-
-    def blob_size(self, digest: str) -> int:
-        return self._reader.blob_size(digest)
-
-    def read_json(self, digest: str, *, expected_size: int | None = None) -> Any:
-        data, document = self._reader.read_document(digest, expected_size=expected_size)
-        self.documents[digest] = data
-        return document
 
 
 # Copying
@@ -386,7 +377,7 @@ class _Copier:
     def _copy_image(self, plan: _Plan) -> int:
         """Copies what the destination lacks of one image, children before parents; returns
         the bytes written. A damaged source blob undoes this image's new blobs."""
-        new_paths: list[tuple[Path, int]] = []
+        new_blobs: list[tuple[str, int]] = []  # digest, size
         written = 0
         try:
             for reached in reversed(plan.blobs):
@@ -404,13 +395,13 @@ class _Copier:
                 self.report.bytes_copied += descriptor.size
                 written += descriptor.size
                 if is_new:
-                    new_paths.append((self.writer.blob_path(descriptor.digest), descriptor.size))
+                    new_blobs.append((descriptor.digest, descriptor.size))
         except _SourceBlobError:
             # The destination stays as it was for this image: its new blobs go again, and
             # are neither counted as copied nor taken as present by a later image.
-            self._remove([path for path, _ in new_paths])
-            for path, size in new_paths:
-                self.counted.discard(f"sha256:{path.name}")
+            self.writer.remove_blobs([digest for digest, _ in new_blobs])
+            for digest, size in new_blobs:
+                self.counted.discard(digest)
                 self.report.blobs_copied -= 1
                 self.report.bytes_copied -= size
             raise
@@ -434,7 +425,7 @@ class _Copier:
             self.writer.cache_dir,
             actual,
         )
-        self._remove([path])
+        self.writer.remove_blobs([descriptor.digest])
         return False
 
     def _copy_blob(self, reached: ReachedBlob) -> bool:
@@ -499,15 +490,6 @@ class _Copier:
         for number, plan in enumerate(plans):
             detail = message if number == 0 else "not copied: the destination failed"
             self.report.outcomes.append(_outcome(plan.image, FAILED, detail, plan.essential))
-
-    def _remove(self, paths: Sequence[Path]) -> None:
-        for path in paths:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as err:
-                raise cache_os_error("remove", path, err) from err
-        if paths:
-            fsync_directory(paths[0].parent)
 
 
 # Helpers

@@ -22,6 +22,8 @@ __all__ = [
     "ROLE_MANIFEST",
     "BlobSource",
     "BlobWalk",
+    "DocumentReader",
+    "DocumentStash",
     "ReachedBlob",
     "walk_blobs",
 ]
@@ -37,6 +39,37 @@ class BlobSource(Protocol):
     def has_blob(self, digest: str) -> bool: ...
     def blob_size(self, digest: str) -> int: ...
     def read_json(self, digest: str, *, expected_size: int | None = None) -> Any: ...
+
+
+class DocumentReader(Protocol):
+    def has_blob(self, digest: str) -> bool: ...
+    def blob_size(self, digest: str) -> int: ...
+    def read_document(
+        self, digest: str, *, expected_size: int | None = None
+    ) -> tuple[bytes, Any]: ...
+
+
+class DocumentStash:
+    """A cache as walk_blobs sees it, keeping the manifests and indexes the walk reads
+    (verified against their digests): their bytes, to copy or push them without a second
+    read, and their JSON, to look into them without parsing them again."""
+
+    def __init__(self, reader: DocumentReader) -> None:
+        self._reader = reader
+        self.documents: dict[str, bytes] = {}
+        self.parsed: dict[str, Any] = {}
+
+    def has_blob(self, digest: str) -> bool:
+        return self._reader.has_blob(digest)
+
+    def blob_size(self, digest: str) -> int:
+        return self._reader.blob_size(digest)
+
+    def read_json(self, digest: str, *, expected_size: int | None = None) -> Any:
+        data, document = self._reader.read_document(digest, expected_size=expected_size)
+        self.documents[digest] = data
+        self.parsed[digest] = document
+        return document
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from forklift_boot.cli import serve as serve_
 from forklift_boot.cli import transfer as transfer_
 from forklift_boot.cli.output import configure_logging
 from forklift_boot.errors import ForkliftBootError
+from forklift_boot.report import DEFAULT_JOBS
 
 DEFAULT_COMPRESSION = "gzip"
-DEFAULT_JOBS = 4
 
 log = logging.getLogger("forklift_boot")
 

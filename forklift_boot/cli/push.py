@@ -7,7 +7,7 @@ from typing import TextIO
 
 from forklift_boot.cache import ImageCache
 from forklift_boot.cli.commands import names_images, required_images
-from forklift_boot.cli.output import TerminalProgress, print_report
+from forklift_boot.cli.output import print_report, progress_for
 from forklift_boot.config import Settings
 from forklift_boot.errors import UsageError
 from forklift_boot.imaging import group_by_canonical
@@ -38,9 +38,9 @@ def cache_push(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
                 client,
                 jobs=args.jobs,
                 chunk_size=chunk_size,
-                progress=TerminalProgress("pushing"),
+                progress=progress_for("pushing", settings),
             )
     finally:
         client.close()
-    print_report(report, out, as_json=args.json)
+    print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code

@@ -24,6 +24,7 @@ def cache_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         required,
         keep_existing=args.keep_existing,
         progress=progress_for("copying", settings),
+        action="copy",
     )
     print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code
@@ -37,6 +38,7 @@ def cache_merge(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
         None,
         keep_existing=args.keep_existing,
         progress=progress_for("copying", settings),
+        action="merge",
     )
     print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code

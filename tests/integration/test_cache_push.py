@@ -10,7 +10,6 @@ a clean private dockerd. Expected digests and sizes come from the source registr
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -25,14 +24,13 @@ import pytest
 
 from forklift_boot import cli
 from tests.testbed import images, oci
+from tests.testbed.credentials import PASSWORD, USER, basic, docker_config, htpasswd_auth_yaml
 from tests.testbed.dockerd import DaemonFactory, DockerDaemon
-from tests.testbed.http_server import serve_in_background
+from tests.testbed.fault_proxy import Fault, FaultProxy, Served
 from tests.testbed.images import PublishedImage
 from tests.testbed.oci import Blob, CraftedImage
-from tests.testbed.push_proxy import Fault, PushProxy, Request
 from tests.testbed.registry import Registry
 from tests.testbed.token_server import TokenServer
-from tests.testbed.token_server import _Handler as _TokenHandler
 
 pytestmark = [pytest.mark.registry]
 
@@ -42,13 +40,9 @@ MULTI = "fbpush/multi"  # an OCI index of amd64 (a 9 MiB layer) and arm64/v8
 ATTESTED = "fbpush/attested"  # the same two images and an attestation manifest
 SINGLE = "fbpush/single"  # Docker schema 2 images, no index
 OTHER = "fbpush/other"
+MOVED = "fbpush/moved"  # a tag moved between two cache-img runs
 BIG = 9 << 20  # above the 8 MiB that go in one PUT: a streamed PATCH
 PREFIX = "fleet"
-
-# The test bed's htpasswd user (tests/integration/test_registry.py explains the bcrypt hash).
-USER = "tester"
-PASSWORD = "s3cret-for-tests"
-HTPASSWD = f"{USER}:$2b$04$6rAE1p70LT6rgavXuUzoSOXSrjpHN7pI/ckJ5NHyuSYmAs9AnMxua\n"
 
 
 @dataclass(frozen=True)
@@ -103,8 +97,8 @@ def target() -> Iterator[Registry]:
 
 
 @pytest.fixture
-def proxy(target: Registry) -> Iterator[PushProxy]:
-    with PushProxy(target.host) as counting:
+def proxy(target: Registry) -> Iterator[FaultProxy]:
+    with FaultProxy(target.host) as counting:
         yield counting
 
 
@@ -138,16 +132,16 @@ def repo_on_target(source_host: str, repo: str) -> str:
     return f"{PREFIX}/{source_host.replace(':', '_')}/{repo}"
 
 
-def step(request: Request) -> tuple[str, str, tuple[tuple[str, str], ...], int]:
+def step(served: Served) -> tuple[str, str, tuple[tuple[str, str], ...], int]:
     """A request without its upload session's id and state: method, path, the query
     parameters that matter, status."""
-    path, _, query = request.path.partition("?")
+    path, _, query = served.path.partition("?")
     path = re.sub(r"/blobs/uploads/[^/]+$", "/blobs/uploads/ID", path)
     kept = {k: v[0] for k, v in urllib.parse.parse_qs(query).items() if k in ("digest", "mount")}
-    return request.method, path, tuple(sorted(kept.items())), request.status
+    return served.method, path, tuple(sorted(kept.items())), served.status
 
 
-def blob_puts(proxy: PushProxy, digest: str) -> list[Request]:
+def blob_puts(proxy: FaultProxy, digest: str) -> list[Served]:
     """The requests that completed an upload of ``digest`` (a PUT with ?digest=)."""
     quoted = urllib.parse.quote(digest, safe="")
     return [r for r in proxy.blob_uploads() if r.method == "PUT" and f"digest={quoted}" in r.path]
@@ -159,21 +153,11 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def docker_config(directory: Path, document: dict[str, Any]) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(document))
-    return str(directory)
-
-
-def basic(user: str, password: str) -> str:
-    return base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 # Requests, in order
 
 
 def test_request_sequence_into_an_empty_registry(
-    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: PushProxy
+    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: FaultProxy
 ) -> None:
     cache = tmp_path / "cache"
     cache_img(capsys, cache, f"{crafted.host}/{SINGLE}:1.0", f"{crafted.host}/{OTHER}:1.0")
@@ -205,7 +189,7 @@ def test_request_sequence_into_an_empty_registry(
         *upload(single, crafted.single.layers[1]),
         ("PUT", f"{single}/manifests/1.0", (), 201),
     ]
-    assert [step(r) for r in proxy.requests] == expected
+    assert [step(r) for r in proxy.served] == expected
     mount = proxy.mounts()[0]
     assert urllib.parse.parse_qs(mount.path.partition("?")[2])["from"] == [other[4:]]
     sizes = [
@@ -225,7 +209,7 @@ def test_request_sequence_into_an_empty_registry(
     proxy.reset()
     code, _, err = push(capsys, cache, f"{proxy.host}/{PREFIX}")
     assert code == 0, err
-    assert [step(r) for r in proxy.requests] == [
+    assert [step(r) for r in proxy.served] == [
         ("HEAD", f"{other}/manifests/1.0", (), 200),
         ("HEAD", f"{single}/manifests/1.0", (), 200),
     ]
@@ -234,7 +218,7 @@ def test_request_sequence_into_an_empty_registry(
 
 
 def test_indexes_go_byte_for_byte_and_big_blobs_stream(
-    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: PushProxy
+    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: FaultProxy
 ) -> None:
     cache = tmp_path / "cache"
     tag_ref = f"{crafted.host}/{MULTI}:1.0"
@@ -274,7 +258,49 @@ def test_indexes_go_byte_for_byte_and_big_blobs_stream(
     assert code == 0, err
     assert proxy.blob_uploads() == []
     assert proxy.made("POST") == []
-    assert len(proxy.requests) == 2  # the tag and the digest, one HEAD each
+    assert len(proxy.served) == 2  # the tag and the digest, one HEAD each
+
+
+def test_a_moved_tag_keeps_its_plain_entry_and_the_pinned_one_goes_by_digest(
+    capsys: Capture, tmp_path: Path, registry: Registry, target: Registry, proxy: FaultProxy
+) -> None:
+    """The cache holds ``name:1.0@old`` (cached before the tag moved) and ``name:1.0`` (the
+    tag now): the tag on the target names the plain entry's manifest, as cache serve has it,
+    and the pinned manifest is there by its digest only."""
+    old = oci.craft_image([{"app/moved": b"before the tag moved\n"}], oci=False)
+    new = oci.craft_image([{"app/moved": b"after the tag moved\n"}], oci=False)
+    oci.push_image(registry.url, MOVED, "1.0", old)
+    cache = tmp_path / "cache"
+    pinned = f"{registry.host}/{MOVED}:1.0@{old.manifest.digest}"
+    plain = f"{registry.host}/{MOVED}:1.0"
+    cache_img(capsys, cache, pinned)
+    oci.push_image(registry.url, MOVED, "1.0", new)
+    cache_img(capsys, cache, plain)
+    assert {name: e["digest"] for name, e in entries(cache).items()} == {
+        pinned: old.manifest.digest,
+        plain: new.manifest.digest,
+    }
+
+    code, out, err = push(capsys, cache, f"{proxy.host}/{PREFIX}", "--json")
+    assert code == 0, err
+    assert [i["status"] for i in json.loads(out)["images"]] == ["pushed", "pushed"]
+    repo = repo_on_target(registry.host, MOVED)
+    assert target.manifest_digest(repo, "1.0") == new.manifest.digest
+    assert oci.get_manifest(target.url, repo, old.manifest.digest).data == old.manifest.data
+    # One manifest PUT each: the plain entry under the tag, the pinned one under its digest.
+    assert sorted(r.path for r in proxy.made("PUT", "/manifests/")) == sorted(
+        [f"/v2/{repo}/manifests/1.0", f"/v2/{repo}/manifests/{old.manifest.digest}"]
+    )
+
+    proxy.reset()
+    code, _, err = push(capsys, cache, f"{proxy.host}/{PREFIX}")
+    assert code == 0, err
+    assert "(2 already there)" in err
+    assert proxy.blob_uploads() == []
+    assert proxy.made("POST") == []
+    assert proxy.made("PUT") == []
+    assert [r.method for r in proxy.served] == ["HEAD", "HEAD"]
+    assert target.manifest_digest(repo, "1.0") == new.manifest.digest
 
 
 def test_a_body_limit_is_explained_and_chunk_size_gets_past_it(
@@ -283,7 +309,7 @@ def test_a_body_limit_is_explained_and_chunk_size_gets_past_it(
     cache = tmp_path / "cache"
     cache_img(capsys, cache, "--platform", "linux/amd64", f"{crafted.host}/{MULTI}:1.0")
     limit = 2 << 20
-    with PushProxy(target.host, max_body=limit) as limited:
+    with FaultProxy(target.host, max_body=limit) as limited:
         code, _, err = push(capsys, cache, f"{limited.host}/{PREFIX}")
         assert code == 3
         line = one_error_line(err)
@@ -310,7 +336,7 @@ def test_a_body_limit_is_explained_and_chunk_size_gets_past_it(
 
 
 def test_indexes_with_platforms_the_cache_lacks(
-    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: PushProxy
+    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: FaultProxy
 ) -> None:
     """distribution refuses an index whose manifests it lacks (MANIFEST_BLOB_UNKNOWN): a digest
     ref can't be kept then and fails; a tag gets an index of the cached platforms."""
@@ -351,7 +377,7 @@ def test_indexes_with_platforms_the_cache_lacks(
 
 
 def test_429_and_503_are_retried(
-    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: PushProxy
+    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: FaultProxy
 ) -> None:
     cache = tmp_path / "cache"
     cache_img(capsys, cache, f"{crafted.host}/{SINGLE}:1.0")
@@ -367,7 +393,7 @@ def test_429_and_503_are_retried(
 
 
 def test_a_damaged_blob_fails_its_image_only(
-    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: PushProxy
+    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: FaultProxy
 ) -> None:
     cache = tmp_path / "cache"
     cache_img(capsys, cache, f"{crafted.host}/{SINGLE}:1.0", f"{crafted.host}/{OTHER}:1.0")
@@ -408,7 +434,7 @@ def test_usage_errors_and_images_not_cached(
         capsys, cache, f"{target.host}/{PREFIX}", "nothere:1", f"{crafted.host}/{SINGLE}:1.0"
     )
     assert code == 3
-    assert "couldn't push nothere:1: it is not in the cache; cache it first" in err
+    assert "Error: nothere:1: not in the cache; cache it first" in err
     assert "pushed 1/2 images" in err
 
     # HTTPS to a registry that speaks HTTP: one line, with what to do.
@@ -427,10 +453,8 @@ def test_htpasswd_credentials_from_config_json(
 ) -> None:
     cache = tmp_path / "cache"
     cache_img(capsys, cache, f"{crafted.host}/{SINGLE}:1.0", f"{crafted.host}/{OTHER}:1.0")
-    htpasswd = tmp_path / "htpasswd"
-    htpasswd.write_text(HTPASSWD)
-    auth = f"auth:\n  htpasswd:\n    realm: forklift-boot-test\n    path: {htpasswd}\n"
-    with Registry(extra_config=auth) as protected, PushProxy(protected.host) as counting:
+    auth = htpasswd_auth_yaml(tmp_path / "htpasswd")
+    with Registry(extra_config=auth) as protected, FaultProxy(protected.host) as counting:
         host = counting.host
         code, _, err = push(capsys, cache, f"{host}/{PREFIX}")
         assert code == 1
@@ -440,7 +464,7 @@ def test_htpasswd_credentials_from_config_json(
             f"on {host}: it needs a user name and password; log in with `docker login {host}`"
             in line
         )
-        assert len(counting.requests) == 1  # the run stops at the first refusal
+        assert len(counting.served) == 1  # the run stops at the first refusal
 
         wrong = docker_config(tmp_path / "wrong", {"auths": {host: {"auth": basic(USER, "nope")}}})
         code, _, err = push(capsys, cache, f"{host}/{PREFIX}", DOCKER_CONFIG=wrong)
@@ -459,49 +483,43 @@ def test_htpasswd_credentials_from_config_json(
         for secret in (PASSWORD, basic(USER, PASSWORD)):
             assert secret not in err + out
         # Basic credentials answer one challenge per registry, not one per repository.
-        assert [r.status for r in counting.requests].count(401) == 1
+        assert [r.status for r in counting.served].count(401) == 1
         single = f"/v2/{repo_on_target(crafted.host, SINGLE)}/manifests/1.0"
         assert [r.status for r in counting.made("PUT", re.escape(single))] == [201]
 
 
-class _GrantingHandler(_TokenHandler):
-    """The test bed's token handler grants pull only; this one grants the actions asked for."""
-
-    def do_GET(self) -> None:
-        owner = self.server_owner
-        url = urllib.parse.urlsplit(self.path)
-        query = urllib.parse.parse_qs(url.query)
-        service = (query.get("service") or [""])[0]
-        scopes = query.get("scope") or []
-        user = self._user()
-        if owner.users and user is None:
-            owner.record({"user": None, "scope": scopes, "service": service, "granted": False})
-            self._reply(401, {"details": "wrong or missing credentials"})
-            return
-        access = []
-        for scope in scopes:
-            kind, _, rest = scope.partition(":")
-            name, _, actions = rest.rpartition(":")
-            if kind == "repository" and name:
-                access.append({"type": "repository", "name": name, "actions": actions.split(",")})
-        token = owner.issue(user or "", access, service)
-        owner.record({"user": user, "scope": scopes, "service": service, "granted": True})
-        self._reply(200, {"token": token, "expires_in": 300})
-
-
-class GrantingTokenServer(TokenServer):
-    def __init__(self, users: dict[str, str]) -> None:
-        super().__init__(users)
-        # Serve the granting handler instead (the port changes before anyone has used it).
-        self._server.shutdown()
-        self._server.server_close()
-        owner = self
-
-        class Handler(_GrantingHandler):
-            server_owner = owner
-
-        self._server = serve_in_background(Handler)
-        self.port = self._server.server_address[1]
+def test_a_refusal_stops_the_run_and_the_report_keeps_what_was_pushed(
+    capsys: Capture, tmp_path: Path, crafted: Crafted, target: Registry, proxy: FaultProxy
+) -> None:
+    """Credentials refused (HTTP 403) on the second image: every later image would fail the
+    same way, so the run stops, and the report still says what went and why it stopped."""
+    cache = tmp_path / "cache"
+    refs = [f"{crafted.host}/{r}:1.0" for r in (MULTI, OTHER, SINGLE)]  # in name order
+    cache_img(capsys, cache, "--platform", "linux/arm64", refs[0])
+    cache_img(capsys, cache, *refs[1:])
+    other = repo_on_target(crafted.host, OTHER)
+    proxy.add(Fault("HEAD", f"/v2/{re.escape(other)}/manifests/", status=403))
+    code, out, err = push(capsys, cache, f"{proxy.host}/{PREFIX}", "--json")
+    assert code == 1
+    line = one_error_line(err)
+    assert f"couldn't look up {other}:1.0 on {proxy.host}: access denied (HTTP 403)" in line
+    assert "pushed 1/3 images" in err
+    report = json.loads(out)
+    assert report["exit_code"] == 1
+    assert report["error"] == line.removeprefix("Error: ")
+    assert [(i["refs"], i["status"]) for i in report["images"]] == [
+        ([refs[0]], "pushed"),
+        ([refs[1]], "failed"),
+        ([refs[2]], "failed"),
+    ]
+    assert report["images"][1]["detail"] == report["error"]
+    assert report["images"][2]["detail"] == "not pushed: the run stopped at the error above"
+    assert report["manifests_pushed"] == 1
+    multi = repo_on_target(crafted.host, MULTI)
+    assert target.manifest_digest(multi, "1.0") == crafted.arm64.manifest.digest
+    # Nothing was asked about the image after the refusal.
+    single = repo_on_target(crafted.host, SINGLE)
+    assert not [r for r in proxy.served if single in r.path]
 
 
 def test_bearer_tokens_scoped_for_push_and_mount(
@@ -524,7 +542,7 @@ def test_bearer_tokens_scoped_for_push_and_mount(
         assert "as a user who may push to" in line
 
     with (
-        GrantingTokenServer(users={USER: PASSWORD}) as server,
+        TokenServer(users={USER: PASSWORD}, grant_asked=True) as server,
         Registry(extra_config=server.registry_auth_yaml()) as protected,
     ):
         config = docker_config(
@@ -586,7 +604,7 @@ def docker_bed(
 
 @pytest.mark.docker
 def test_the_standard_images_pushed_and_pulled_into_a_clean_dockerd(
-    capsys: Capture, tmp_path: Path, docker_bed: DockerBed, target: Registry, proxy: PushProxy
+    capsys: Capture, tmp_path: Path, docker_bed: DockerBed, target: Registry, proxy: FaultProxy
 ) -> None:
     registry, published_images = docker_bed.source, docker_bed.published
     published = list(published_images.values())
@@ -638,7 +656,7 @@ def test_the_standard_images_pushed_and_pulled_into_a_clean_dockerd(
     assert proxy.blob_uploads() == []
     assert proxy.blob_bytes_sent() == 0
     assert proxy.made("POST") == []
-    assert [r.method for r in proxy.requests] == ["HEAD"] * 8
+    assert [r.method for r in proxy.served] == ["HEAD"] * 8
 
     # A clean dockerd, no mirror: pull by tag and by digest straight from the pushed registry.
     daemon = docker_bed.fresh_dockerd(mirror=False)

@@ -10,7 +10,6 @@ it served, so "resumed" and "downloaded nothing" are measured outside the produc
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import stat
@@ -24,6 +23,7 @@ import pytest
 
 from forklift_boot import cli
 from tests.testbed import images, oci
+from tests.testbed.credentials import PASSWORD, USER, basic, docker_config, htpasswd_auth_yaml
 from tests.testbed.dockerd import DaemonFactory, DockerDaemon
 from tests.testbed.fault_proxy import Fault, FaultProxy
 from tests.testbed.images import PublishedImage
@@ -40,13 +40,6 @@ CRAFTED = "fbreg/crafted"  # an OCI index: amd64, arm64/v8, arm/v7, an attestati
 SINGLE = "fbreg/single"  # one Docker schema 2 image, no index
 FOREIGN = "fbreg/foreign"  # a Docker schema 2 image with a non-distributable layer
 BIG = 3 << 20  # amd64's own layer: big enough to cut mid-way
-
-# A bcrypt hash of PASSWORD (cost 4, what Go's bcrypt accepts as its minimum), made with
-# `python3 -c "import crypt; print(crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH,
-# rounds=16)))"`: neither venv has bcrypt, and apache2-utils is not installed.
-USER = "tester"
-PASSWORD = "s3cret-for-tests"
-HTPASSWD = f"{USER}:$2b$04$6rAE1p70LT6rgavXuUzoSOXSrjpHN7pI/ckJ5NHyuSYmAs9AnMxua\n"
 
 
 @dataclass(frozen=True)
@@ -414,21 +407,9 @@ def htpasswd_registry(
     registry: Registry, crafted: Crafted, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Registry]:
     """The same images behind htpasswd basic auth."""
-    path = tmp_path_factory.mktemp("htpasswd") / "htpasswd"
-    path.write_text(HTPASSWD)
-    auth = f"auth:\n  htpasswd:\n    realm: forklift-boot-test\n    path: {path}\n"
+    auth = htpasswd_auth_yaml(tmp_path_factory.mktemp("htpasswd") / "htpasswd")
     with Registry(storage=registry.storage, extra_config=auth) as protected:
         yield protected
-
-
-def docker_config(directory: Path, document: dict[str, Any]) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(document))
-    return str(directory)
-
-
-def basic(user: str, password: str) -> str:
-    return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def test_htpasswd_basic_auth_from_config_json(

@@ -1,9 +1,14 @@
-"""An HTTP proxy in front of a real registry that injects faults and counts what it served.
+"""An HTTP proxy in front of a real registry that injects faults and counts what went through.
 
-Faults are rules matched by method and path (a regex), each applied a number of times: an
-HTTP status with headers (429 with ``Retry-After``, 503), a connection cut after N body bytes,
-a flipped byte in the body. Every response is recorded with the body bytes really written to
-the socket, so tests measure downloads outside the product. Standard library only.
+It forwards every method, streams request bodies through fixed buffers (responses, small
+here, are read whole) and keeps the client's ``Host`` header, so that the upload ``Location``
+URLs the registry builds from it point back at the proxy. Every exchange is recorded with the
+body bytes the client sent and the body bytes really written back to it, so tests measure
+downloads and uploads outside the product. Faults are rules matched by method and path (a
+regex), each applied a number of times: an HTTP status with headers instead of forwarding
+(429 with ``Retry-After``, 503), a delay, a connection cut after N response body bytes, a
+flipped byte in the response body; and, for the whole proxy, a limit on request bodies (413,
+as a proxy with a body-size limit answers). Standard library only.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from tests.testbed.http_server import serve_in_background
 
-# Hop-by-hop headers (RFC 7230 6.1) are the proxy's own business.
+_BUFFER = 1 << 16
+# Hop-by-hop headers (RFC 7230 6.1) are the proxy's own business; lengths are set per hop.
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -30,7 +36,6 @@ _HOP_BY_HOP = {
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
     "content-length",
 }
 
@@ -38,7 +43,7 @@ _HOP_BY_HOP = {
 @dataclass
 class Fault:
     method: str
-    path: str  # regex, searched in the request path
+    path: str  # regex, searched in the request path (with its query)
     times: int = 1
     status: int | None = None  # answer this instead of forwarding
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -56,14 +61,17 @@ class Served:
     path: str
     status: int
     range: str | None
-    body_bytes: int  # body bytes written to the client
+    sent_bytes: int  # the request body's bytes, as the client sent them
+    body_bytes: int  # the response body's bytes written to the client
     time: float
 
 
 class FaultProxy:
-    def __init__(self, upstream: str) -> None:
-        """``upstream``: ``127.0.0.1:PORT`` of the real registry."""
+    def __init__(self, upstream: str, *, max_body: int | None = None) -> None:
+        """``upstream``: ``127.0.0.1:PORT`` of the real registry; ``max_body``: refuse larger
+        request bodies with 413."""
         self.upstream = upstream
+        self.max_body = max_body
         self.faults: list[Fault] = []
         self.served: list[Served] = []
         self.in_flight = 0
@@ -112,6 +120,18 @@ class FaultProxy:
         with self._lock:
             self.served.append(served)
 
+    def amend(self, served: Served, body_bytes: int) -> None:
+        """The client left before the whole body was written: count what it got."""
+        with self._lock:
+            index = self.served.index(served)
+            self.served[index] = replace(served, body_bytes=body_bytes)
+
+    # What tests ask
+
+    def made(self, method: str, pattern: str = "") -> list[Served]:
+        """Requests of ``method`` whose path matches ``pattern`` (a regex)."""
+        return [s for s in list(self.served) if s.method == method and re.search(pattern, s.path)]
+
     def blob_gets(self, digest: str | None = None) -> list[Served]:
         """GETs of blobs (of one digest), as served."""
         return [
@@ -123,7 +143,23 @@ class FaultProxy:
         ]
 
     def blob_bytes(self, digest: str | None = None) -> int:
+        """Blob bytes downloaded (of one digest)."""
         return sum(s.body_bytes for s in self.blob_gets(digest))
+
+    def blob_uploads(self) -> list[Served]:
+        """PATCH and PUT requests to upload sessions: the ones that carry blob bytes."""
+        return [
+            s
+            for s in list(self.served)
+            if s.method in ("PATCH", "PUT") and "/blobs/uploads/" in s.path
+        ]
+
+    def blob_bytes_sent(self) -> int:
+        """Blob bytes uploaded."""
+        return sum(s.sent_bytes for s in self.blob_uploads())
+
+    def mounts(self) -> list[Served]:
+        return [s for s in self.made("POST", r"/blobs/uploads/\?.*mount=") if s.status == 201]
 
     def close(self) -> None:
         self._server.shutdown()
@@ -155,6 +191,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._proxy()
 
+    def do_PATCH(self) -> None:
+        self._proxy()
+
+    def do_DELETE(self) -> None:
+        self._proxy()
+
     def _proxy(self) -> None:
         self.owner.enter(+1)
         try:
@@ -166,24 +208,40 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         method, path = self.command, self.path
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
+        if self.headers.get("Transfer-Encoding"):
+            # The clients under test always send Content-Length; refuse what we can't count.
+            self._answer(411, {}, length)
+            self.close_connection = True
+            return
         fault = owner.take_fault(method, path)
         if fault is not None and fault.status is not None:
-            self.send_response(fault.status)
-            for name, value in fault.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            owner.record(Served(method, path, fault.status, None, 0, time.monotonic()))
+            self._discard(length)
+            self._answer(fault.status, fault.headers, length)
+            return
+        if owner.max_body is not None and length > owner.max_body:
+            self._discard(length)
+            self._answer(413, {}, length)
             return
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
-        upstream = http.client.HTTPConnection(owner.upstream, timeout=60)
+        upstream = http.client.HTTPConnection(owner.upstream, timeout=120)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            upstream.request(method, path, body=body, headers=headers)
+            upstream.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in _HOP_BY_HOP:
+                    upstream.putheader(name, value)
+            if length or method in ("POST", "PUT", "PATCH"):
+                upstream.putheader("Content-Length", str(length))
+            upstream.endheaders()
+            left = length
+            while left > 0:
+                chunk = self.rfile.read(min(_BUFFER, left))
+                if not chunk:
+                    raise ConnectionError("the client closed the request body early")
+                upstream.send(chunk)
+                left -= len(chunk)
             response = upstream.getresponse()
-            data = response.read()
+            data = b"" if method == "HEAD" else response.read()
             status = response.status
             reply_headers = [
                 (k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP
@@ -195,26 +253,58 @@ class _Handler(BaseHTTPRequestHandler):
             flipped = bytearray(data)
             flipped[fault.flip_at] ^= 0xFF
             data = bytes(flipped)
+        cut_after = fault.cut_after if fault is not None else None
+        body = data if cut_after is None else data[:cut_after]
+        # Recorded before the client has its answer: a test then sees every request the
+        # product made once the product returns.
+        served = Served(
+            method, path, status, self.headers.get("Range"), length, len(body), time.monotonic()
+        )
+        owner.record(served)
         self.send_response(status)
         for name, value in reply_headers:
             self.send_header(name, value)
-        # HEAD: the length of the body a GET would have; else what we send.
+        # HEAD: the length of the body a GET would have; else all of it, even when cut.
         self.send_header(
             "Content-Length", declared if method == "HEAD" and declared else str(len(data))
         )
         self.end_headers()
-        sent = 0
-        if method != "HEAD":
-            if fault is not None and fault.cut_after is not None:
-                self.wfile.write(data[: fault.cut_after])
-                self.wfile.flush()
-                sent = min(len(data), fault.cut_after)
-                self.close_connection = True
-                with contextlib.suppress(OSError):
-                    self.connection.shutdown(socket.SHUT_RDWR)
-            else:
-                self.wfile.write(data)
-                sent = len(data)
-        owner.record(
-            Served(method, path, status, self.headers.get("Range"), sent, time.monotonic())
+        written = 0
+        try:
+            for start in range(0, len(body), _BUFFER):
+                self.wfile.write(body[start : start + _BUFFER])
+                written = min(len(body), start + _BUFFER)
+        except OSError:
+            owner.amend(served, written)
+            raise
+        if cut_after is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _discard(self, length: int) -> None:
+        left = length
+        while left > 0:
+            chunk = self.rfile.read(min(_BUFFER, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+    def _answer(self, status: int, headers: Mapping[str, str], sent: int) -> None:
+        self.owner.record(
+            Served(
+                self.command,
+                self.path,
+                status,
+                self.headers.get("Range"),
+                sent,
+                0,
+                time.monotonic(),
+            )
         )
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()

@@ -33,10 +33,16 @@ def _b64url(data: bytes) -> str:
 
 
 class TokenServer:
-    """``GET /token?service=...&scope=repository:NAME:pull`` -> ``{"token": JWT}``."""
+    """``GET /token?service=...&scope=repository:NAME:ACTIONS`` -> ``{"token": JWT}``.
 
-    def __init__(self, users: Mapping[str, str] | None = None) -> None:
+    Tokens grant pull only, or with ``grant_asked`` the actions each scope asks for (push).
+    """
+
+    def __init__(
+        self, users: Mapping[str, str] | None = None, *, grant_asked: bool = False
+    ) -> None:
         self.users = dict(users or {})  # user -> password; empty: anyone, anonymously
+        self.grant_asked = grant_asked
         self.dir = Path(tempfile.mkdtemp(prefix="fb-t"))
         self.key_path = self.dir / "key.pem"
         self.cert_path = self.dir / "cert.pem"
@@ -140,9 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
         access = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
-            name = rest.rpartition(":")[0]
+            name, _, actions = rest.rpartition(":")
             if kind == "repository" and name:
-                access.append({"type": "repository", "name": name, "actions": ["pull"]})
+                granted = actions.split(",") if owner.grant_asked else ["pull"]
+                access.append({"type": "repository", "name": name, "actions": granted})
         token = owner.issue(user or "", access, service)
         owner.record({"user": user, "scope": scopes, "service": service, "granted": True})
         self._reply(200, {"token": token, "expires_in": 300})

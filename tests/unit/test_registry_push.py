@@ -7,12 +7,13 @@ import re
 
 import pytest
 
+from forklift_boot.cache_server import repository_name
 from forklift_boot.errors import RegistryError
-from forklift_boot.pushing import ALREADY_THERE, PUSHED, PushCounts, PushReport
+from forklift_boot.pushing import PUSHED, PushCounts, PushReport
 from forklift_boot.refs import parse_image_ref
 from forklift_boot.registry import _AuthKey
 from forklift_boot.registry_push import parse_push_target, parse_size
-from forklift_boot.report import FAILED, MISSING, ImageOutcome
+from forklift_boot.report import ALREADY_THERE, FAILED, MISSING, ImageOutcome
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,26 @@ def test_images_go_under_the_prefix_with_their_registry(
 ) -> None:
     target = parse_push_target(f"registry.example.net:5000/{prefix}" if prefix else "r.example")
     assert target.repository_for(parse_image_ref(ref)) == repository
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "alpha:1.0",
+        "fbtest/gamma:3.0",
+        "ghcr.io/fbtest/gamma:3.0",
+        "127.0.0.1:5000/fbtest/delta:4.0",
+        "localhost:5000/app:1",
+        "localhost/app:1",
+        "registry.example.com:443/a/b/c:1",
+    ],
+)
+def test_cache_serve_reads_a_pushed_name_as_the_same_repository(ref: str) -> None:
+    # Without a prefix, a client pulls the same name from the registry cache push filled and
+    # from cache serve.
+    image = parse_image_ref(ref)
+    pushed_as = parse_push_target("r.example").repository_for(image)
+    assert repository_name(pushed_as) == image.name
 
 
 def test_names_that_cannot_be_repositories() -> None:
@@ -155,3 +176,17 @@ def test_the_summary_line_and_exit_code() -> None:
     assert report.exit_code == 0
     assert report.summary().endswith("1.2 s; not needed now, but missing: gone:1 (why)")
     assert "bytes_written" not in report.to_json()["images"][0]
+
+
+def test_a_run_stopped_by_the_registry_exits_1_and_says_why() -> None:
+    report = PushReport("registry.example.com/fleet")
+    report.outcomes.append(ImageOutcome("docker.io/library/alpha:1.0", ("alpha:1.0",), PUSHED))
+    assert (report.exit_code, report.to_json()["error"]) == (0, None)
+    report.error = "couldn't look up fleet/beta:2.0 on registry.example.com: access denied"
+    report.outcomes.append(
+        ImageOutcome("docker.io/library/beta:2.0", ("beta:2.0",), FAILED, report.error)
+    )
+    assert report.exit_code == 1
+    document = report.to_json()
+    assert (document["action"], document["exit_code"]) == ("push", 1)
+    assert document["error"] == report.error

@@ -181,6 +181,7 @@ def test_copy_everything_into_a_new_directory(
     )
     assert code == 0, err
     assert isinstance(report, dict)
+    assert report["action"] == "copy"
     wanted = distinct(*source.all)
     assert blobs_on_disk(usb) == {digest: len(data) for digest, data in wanted.items()}
     assert report["blobs"] == {
@@ -302,6 +303,7 @@ def test_merge_into_a_cache_with_other_images(
     )
     assert code == 0, err
     assert isinstance(report, dict)
+    assert report["action"] == "merge"
     present = set(source.alpha.blobs)
     needed = distinct(*source.all)
     missing = {d: data for d, data in needed.items() if d not in present}
