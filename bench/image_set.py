@@ -149,20 +149,28 @@ def _add_host_files(tar: tarfile.TarFile, sources: tuple[str, ...], budget: int)
             info = tar.gettarinfo(path, arcname="layer" + path)
         except OSError:
             continue  # gone or unreadable since the walk
-        if not (info.isreg() or info.issym() or info.islnk()):
-            continue
-        info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "root", "root"
-        try:
-            if info.isreg():
-                with open(path, "rb") as file:
-                    tar.addfile(info, file)
-            else:
-                tar.addfile(info)
-        except OSError:
-            continue
-        content += info.size if info.isreg() else 0
-        files += 1
+        added = add_host_file(tar, info, path)
+        if added is not None:
+            content += added
+            files += 1
     return content, files
+
+
+def add_host_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> int | None:
+    """Adds a regular file, symlink or hard link as root-owned with a fixed time; returns the
+    content bytes added, or None if it is another kind or became unreadable."""
+    if not (info.isreg() or info.issym() or info.islnk()):
+        return None
+    info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "root", "root"
+    try:
+        if info.isreg():
+            with open(path, "rb") as file:
+                tar.addfile(info, file)
+        else:
+            tar.addfile(info)
+    except OSError:
+        return None
+    return info.size if info.isreg() else 0
 
 
 def _walk(sources: tuple[str, ...]) -> Iterator[str]:

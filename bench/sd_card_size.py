@@ -58,7 +58,7 @@ import psutil
 
 import forklift_boot
 from bench import image_set
-from bench.image_set import MB, MTIME
+from bench.image_set import MB, add_host_file
 from tests.testbed.dockerd import DockerDaemon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,21 +190,12 @@ def _add_files(tar: tarfile.TarFile, layer: Layer, budget: int) -> tuple[int, in
                 info = tar.gettarinfo(path, arcname=arcname)
             except OSError:
                 continue  # gone or unreadable since the walk
-            if not (info.isreg() or info.issym() or info.islnk()):
-                continue
             if info.islnk():
                 continue  # a hard link inside a source would point outside ``target``
-            info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "root", "root"
-            try:
-                if info.isreg():
-                    with open(path, "rb") as file:
-                        tar.addfile(info, file)
-                else:
-                    tar.addfile(info)
-            except OSError:
-                continue
-            content += info.size if info.isreg() else 0
-            files += 1
+            added = add_host_file(tar, info, path)
+            if added is not None:
+                content += added
+                files += 1
     return content, files
 
 
