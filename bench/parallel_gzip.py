@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from forklift_boot.compression import ParallelGzip
+from forklift_boot.archive.gzip import ParallelGzip
 
 CHUNK = 1 << 20  # what cache-img reads at a time (forklift_boot.cache.BUFFER_SIZE)
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from forklift_boot import __version__, config, containerd
+from forklift_boot import __version__, config
 from forklift_boot.cli import commands as commands_
 from forklift_boot.cli import export_file as export_file_
 from forklift_boot.cli import push as push_
@@ -20,6 +20,7 @@ from forklift_boot.cli import transfer as transfer_
 from forklift_boot.cli.output import configure_logging
 from forklift_boot.errors import ForkliftBootError
 from forklift_boot.report import DEFAULT_JOBS
+from forklift_boot.stores.containerd import store as containerd_store
 
 DEFAULT_COMPRESSION = "gzip"
 
@@ -483,16 +484,16 @@ def _add_containerd_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("containerd (--from/--into containerd)")
     group.add_argument(
         "--containerd-address",
-        default=containerd.DEFAULT_ADDRESS,
+        default=containerd_store.DEFAULT_ADDRESS,
         metavar="SOCKET",
-        help=f"containerd's socket (default {containerd.DEFAULT_ADDRESS})",
+        help=f"containerd's socket (default {containerd_store.DEFAULT_ADDRESS})",
     )
     group.add_argument(
         "--namespace",
-        default=containerd.DEFAULT_NAMESPACE,
+        default=containerd_store.DEFAULT_NAMESPACE,
         metavar="NS",
         help="containerd namespace: default (ctr, nerdctl), k8s.io (CRI: k3s, kubelet), moby "
-        f"(default {containerd.DEFAULT_NAMESPACE})",
+        f"(default {containerd_store.DEFAULT_NAMESPACE})",
     )
 
 

@@ -16,24 +16,18 @@ from forklift_boot.archive import ArchiveImage, write_docker_archive, write_load
 from forklift_boot.cache import CachedImage, CacheReader, ImageCache, human_bytes
 from forklift_boot.cli.output import TerminalProgress, print_report, progress_for
 from forklift_boot.config import DEFAULT_DOCKER_HOST, Settings, dpkg_architecture
-from forklift_boot.containerd import ContainerdSource, ContainerdTarget, Ctr
-from forklift_boot.docker import DockerEngine
-from forklift_boot.docker_store import DockerSource, DockerTarget
 from forklift_boot.errors import CacheError, ForkliftBootError, ImageRefError, UsageError
-from forklift_boot.imaging import (
-    ImageSource,
-    ReadThroughSource,
-    Wanted,
-    cache_images,
-    load_images,
-    plan_load,
-)
+from forklift_boot.flows import FallbackSource, cache_images, load_images
+from forklift_boot.images import ImageSource, Wanted, plan_load
 from forklift_boot.platforms import default_platform, format_platform, matches, parse_platform
 from forklift_boot.refs import parse_image_ref
-from forklift_boot.registry import RegistryClient
-from forklift_boot.registry_auth import CredentialStore
-from forklift_boot.registry_store import RegistrySource
 from forklift_boot.requirements import RequiredImage
+from forklift_boot.stores.containerd.store import ContainerdSource, ContainerdTarget, Ctr
+from forklift_boot.stores.docker.engine import DockerEngine
+from forklift_boot.stores.docker.store import DockerSource, DockerTarget
+from forklift_boot.stores.registry.auth import CredentialStore
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.source import RegistrySource
 from forklift_boot.systemd import SystemdManager
 
 log = logging.getLogger("forklift_boot")
@@ -148,7 +142,7 @@ def cache_images_command(args: argparse.Namespace, settings: Settings, out: Text
             if args.source == "registry":
                 source = registry
             else:
-                source = ReadThroughSource(
+                source = FallbackSource(
                     source, registry, accept=lambda image: _is_platform(image.platform, platform)
                 )
         report = cache_images(

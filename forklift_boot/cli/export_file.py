@@ -11,8 +11,12 @@ from forklift_boot.cache import ImageCache, human_bytes
 from forklift_boot.cli.commands import entry_platform, host_platform
 from forklift_boot.config import Settings
 from forklift_boot.errors import ForkliftBootError, UsageError
-from forklift_boot.image_files import ExportResult, export_image_path, write_image_path_tar
-from forklift_boot.imaging import Wanted, plan_load
+from forklift_boot.exchange.export_files import (
+    ExportResult,
+    export_image_path,
+    write_image_path_tar,
+)
+from forklift_boot.images import Wanted, plan_load
 from forklift_boot.refs import parse_image_ref
 
 log = logging.getLogger("forklift_boot")

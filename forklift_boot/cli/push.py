@@ -10,11 +10,11 @@ from forklift_boot.cli.commands import names_images, required_images
 from forklift_boot.cli.output import print_report, progress_for
 from forklift_boot.config import Settings
 from forklift_boot.errors import UsageError
-from forklift_boot.imaging import group_by_canonical
-from forklift_boot.pushing import cached_as_wanted, push_images
-from forklift_boot.registry import RegistryClient
-from forklift_boot.registry_auth import CredentialStore
-from forklift_boot.registry_push import parse_push_target, parse_size
+from forklift_boot.exchange.push import cached_as_wanted, push_images
+from forklift_boot.images import group_by_canonical
+from forklift_boot.stores.registry.auth import CredentialStore
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.push import parse_push_target, parse_size
 
 
 def cache_push(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

@@ -9,10 +9,10 @@ import signal
 from pathlib import Path
 from typing import TextIO
 
-from forklift_boot.cache_server import CacheServer
 from forklift_boot.config import Settings
 from forklift_boot.errors import CacheError, ForkliftBootError, UsageError
-from forklift_boot.registry import is_loopback_host
+from forklift_boot.exchange.serve import CacheServer
+from forklift_boot.stores.registry.client import is_loopback_host
 from forklift_boot.systemd import notify
 
 __all__ = ["DEFAULT_LISTEN", "cache_serve", "parse_listen"]

@@ -10,7 +10,7 @@ from forklift_boot.cache import ImageCache
 from forklift_boot.cli.commands import names_images, required_images
 from forklift_boot.cli.output import print_report, progress_for
 from forklift_boot.config import Settings
-from forklift_boot.transfer import copy_images
+from forklift_boot.exchange.copy import copy_images
 
 __all__ = ["cache_copy", "cache_merge"]
 

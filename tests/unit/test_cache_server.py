@@ -23,7 +23,9 @@ import pytest
 
 from forklift_boot import cli
 from forklift_boot.cache import CachedImage, CacheWriter, Descriptor, ImageCache
-from forklift_boot.cache_server import (
+from forklift_boot.cli.serve import parse_listen
+from forklift_boot.errors import UsageError
+from forklift_boot.exchange.serve import (
     ApiError,
     CacheServer,
     RangeNotSatisfiableError,
@@ -31,8 +33,6 @@ from forklift_boot.cache_server import (
     parse_byte_range,
     repository_name,
 )
-from forklift_boot.cli.serve import parse_listen
-from forklift_boot.errors import UsageError
 from tests.testbed import oci
 from tests.testbed.oci import Blob, CraftedImage
 from tests.testbed.registry import free_port
@@ -184,7 +184,7 @@ def cache_dir(tmp_path: Path, crafted: Bytes) -> Path:
 @pytest.fixture
 def warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     # cli.main (run by other tests) stops forklift_boot's records from reaching the root logger.
-    logger = logging.getLogger("forklift_boot.cache_server")
+    logger = logging.getLogger("forklift_boot.exchange.serve")
     logger.addHandler(caplog.handler)
     caplog.handler.setLevel(logging.WARNING)
     try:

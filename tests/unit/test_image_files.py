@@ -29,8 +29,8 @@ import forklift_boot
 from forklift_boot import cli
 from forklift_boot.cache import MEDIA_OCI_LAYER_GZIP, CacheReader, Descriptor, ImageCache
 from forklift_boot.errors import ForkliftBootError
-from forklift_boot.image_files import ExportResult, export_image_path
-from forklift_boot.imaging import Wanted, plan_load
+from forklift_boot.exchange.export_files import ExportResult, export_image_path
+from forklift_boot.images import Wanted, plan_load
 from forklift_boot.refs import parse_image_ref
 from tests.conftest import require_component
 from tests.imagelayers import (

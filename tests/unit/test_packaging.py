@@ -364,7 +364,7 @@ def test_the_package_files(deb: Path) -> None:
         "usr/bin/forklift-boot",
         f"{site}/forklift_boot/__init__.py",
         f"{site}/forklift_boot/cli/__init__.py",
-        f"{site}/forklift_boot/restart_guard.py",
+        f"{site}/forklift_boot/stores/docker/restart_guard.py",
         f"lib/systemd/system/{CACHE_UNIT}",
         f"lib/systemd/system/{LOAD_UNIT}",
         "usr/share/man/man1/forklift-boot.1.gz",

@@ -13,7 +13,7 @@ import pytest
 
 from forklift_boot.config import docker_config_dir
 from forklift_boot.errors import RegistryError
-from forklift_boot.registry_auth import (
+from forklift_boot.stores.registry.auth import (
     Challenge,
     Credentials,
     CredentialStore,

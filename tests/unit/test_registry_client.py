@@ -17,7 +17,7 @@ from forklift_boot.cache import (
 )
 from forklift_boot.errors import RegistryError
 from forklift_boot.refs import parse_image_ref
-from forklift_boot.registry import (
+from forklift_boot.stores.registry.client import (
     Endpoint,
     RegistryClient,
     RetryPolicy,

@@ -19,7 +19,7 @@ from forklift_boot.cache import (
     build_oci_manifest,
 )
 from forklift_boot.errors import CacheError
-from forklift_boot.imaging import Wanted, plan_load
+from forklift_boot.images import Wanted, plan_load
 from forklift_boot.refs import parse_image_ref
 
 NAME = "docker.io/library/app@sha256:" + "0" * 64

@@ -31,7 +31,7 @@ from forklift_boot.refs import (
     ImageRef,
     host_path_component,
 )
-from forklift_boot.registry import (
+from forklift_boot.stores.registry.client import (
     DOCKER_HUB_DOMAIN,
     MANIFEST_ACCEPT,
     Endpoint,

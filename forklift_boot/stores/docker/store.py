@@ -7,13 +7,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from forklift_boot import daemon, refstore
 from forklift_boot.archive import (
     ArchiveImage,
     import_docker_save,
     import_oci_layout,
     write_load_archive,
 )
+from forklift_boot.archive.oci_layout import copied_from_layout, drop_other_platforms
 from forklift_boot.cache import (
     INDEX_MEDIA_TYPES,
     MEDIA_OCI_LAYER_GZIP,
@@ -22,12 +22,12 @@ from forklift_boot.cache import (
     Descriptor,
     ensure_free_space,
 )
-from forklift_boot.docker import DockerEngine, EngineInfo, ImageInfo
 from forklift_boot.errors import EngineError, ForkliftBootError, ImageRefError
 from forklift_boot.faults import checkpoint
-from forklift_boot.imaging import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
-from forklift_boot.layout_copy import copied_from_layout, drop_other_platforms
+from forklift_boot.images import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
 from forklift_boot.refs import ImageRef, parse_image_ref
+from forklift_boot.stores.docker import daemon, refstore
+from forklift_boot.stores.docker.engine import DockerEngine, EngineInfo, ImageInfo
 from forklift_boot.systemd import SystemdManager
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from forklift_boot.archive import ArchiveImage, import_oci_layout, write_load_archive
+from forklift_boot.archive.oci_layout import copied_from_layout, platform_object
 from forklift_boot.cache import (
     BUFFER_SIZE,
     INDEX_MEDIA_TYPES,
@@ -28,8 +29,7 @@ from forklift_boot.cache import (
     Descriptor,
 )
 from forklift_boot.errors import CacheError, EngineError, EngineUnavailableError, ImageRefError
-from forklift_boot.imaging import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
-from forklift_boot.layout_copy import copied_from_layout, platform_object
+from forklift_boot.images import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
 from forklift_boot.platforms import best_match, parse_platform, platform_of
 from forklift_boot.refs import ImageRef, parse_image_ref
 

@@ -42,7 +42,7 @@ from forklift_boot.cache import (
 )
 from forklift_boot.errors import RegistryError
 from forklift_boot.refs import ImageRef
-from forklift_boot.registry_auth import Challenge, CredentialStore, parse_www_authenticate
+from forklift_boot.stores.registry.auth import Challenge, CredentialStore, parse_www_authenticate
 
 __all__ = [
     "DOCKER_HUB_REGISTRY",

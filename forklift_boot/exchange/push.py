@@ -32,10 +32,8 @@ from forklift_boot.cache import (
 )
 from forklift_boot.cache.walk import ROLE_CONFIG, ROLE_LAYER, DocumentStash, walk_blobs
 from forklift_boot.errors import CacheError, ForkliftBootError, ImageRefError, RegistryError
-from forklift_boot.imaging import Wanted, missing_outcome
+from forklift_boot.images import Wanted, missing_outcome
 from forklift_boot.refs import ImageRef, parse_image_ref
-from forklift_boot.registry import RegistryAccessError, RegistryClient, RegistryConnectionError
-from forklift_boot.registry_push import ManifestRefusedError, PushRepository, PushTarget
 from forklift_boot.report import (
     ALREADY_THERE,
     DEFAULT_JOBS,
@@ -45,6 +43,12 @@ from forklift_boot.report import (
     Progress,
     RunReport,
 )
+from forklift_boot.stores.registry.client import (
+    RegistryAccessError,
+    RegistryClient,
+    RegistryConnectionError,
+)
+from forklift_boot.stores.registry.push import ManifestRefusedError, PushRepository, PushTarget
 
 __all__ = [
     "PUSHED",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from forklift_boot.archive.gzip import ParallelGzip
 from forklift_boot.cache import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
@@ -29,7 +30,6 @@ from forklift_boot.cache import (
     Descriptor,
     build_oci_manifest,
 )
-from forklift_boot.compression import ParallelGzip
 from forklift_boot.errors import CacheError, EngineError
 
 ByteCounter = Callable[[int], None]

@@ -27,16 +27,16 @@ from forklift_boot.cache import (
     Descriptor,
 )
 from forklift_boot.errors import CacheError, ForkliftBootError, RegistryError
-from forklift_boot.imaging import ByteCounter, CopiedImage, SourceImage, Wanted
+from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
 from forklift_boot.platforms import Platform, best_match, matches, parse_platform, platform_of
 from forklift_boot.refs import ImageRef
-from forklift_boot.registry import (
+from forklift_boot.report import DEFAULT_JOBS
+from forklift_boot.stores.registry.client import (
     Manifest,
     RegistryClient,
     Repository,
     manifest_media_type,
 )
-from forklift_boot.report import DEFAULT_JOBS
 
 __all__ = ["RegistrySource"]
 

@@ -1,11 +1,11 @@
 """A watchdog that starts Docker again if forklift-boot dies while Docker is stopped.
 
-forklift-boot starts it (``python -m forklift_boot.restart_guard``) before stopping dockerd and
-keeps a pipe to its standard input open. On ``done`` it exits; on end of input without ``done``
-(forklift-boot was killed: the kernel closed the pipe) it starts Docker the way the spec on the
-first line says, unless Docker already runs. ``stopping <pid>`` says that dockerd was asked to
-stop: a dockerd that is still shutting down is waited for first, since it would look running and
-then be gone. Nothing here may depend on forklift-boot's state.
+forklift-boot starts it (``python -m forklift_boot.stores.docker.restart_guard``) before
+stopping dockerd and keeps a pipe to its standard input open. On ``done`` it exits; on end of
+input without ``done`` (forklift-boot was killed: the kernel closed the pipe) it starts Docker the
+way the spec on the first line says, unless Docker already runs. ``stopping <pid>`` says that
+dockerd was asked to stop: a dockerd that is still shutting down is waited for first, since it
+would look running and then be gone. Nothing here may depend on forklift-boot's state.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ from typing import Any
 
 from forklift_boot.archive import ImportedLayout
 from forklift_boot.cache import INDEX_MEDIA_TYPES, CacheReader, CacheWriter, Descriptor
+from forklift_boot.cache.selection import choose_platform_manifest
 from forklift_boot.cache.walk import walk_blobs
 from forklift_boot.errors import EngineError
-from forklift_boot.imaging import CopiedImage, choose_platform_manifest
+from forklift_boot.images import CopiedImage
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, BlobWalk, Reache
 from forklift_boot.cache.walk import DocumentStash as _DocumentStash
 from forklift_boot.errors import CacheError, UsageError
 from forklift_boot.faults import checkpoint
-from forklift_boot.imaging import group_by_canonical, missing_outcome
+from forklift_boot.images import group_by_canonical, missing_outcome
 from forklift_boot.report import (
     ALREADY_THERE,
     FAILED,

@@ -164,7 +164,7 @@ def _start(daemon: DockerDaemon) -> None:
 
 
 class _Watchdog:
-    """``python -m forklift_boot.restart_guard``, fed through a pipe that dies with us."""
+    """``python -m forklift_boot.stores.docker.restart_guard``, fed by a pipe that dies with us."""
 
     def __init__(self, spec: dict[str, object]) -> None:
         self.spec = spec
@@ -172,7 +172,7 @@ class _Watchdog:
 
     def __enter__(self) -> _Watchdog:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "forklift_boot.restart_guard"],
+            [sys.executable, "-m", "forklift_boot.stores.docker.restart_guard"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

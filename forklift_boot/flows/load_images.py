@@ -1,0 +1,147 @@
+"""load-img: load what the target lacks from the cache, and make every ref as written resolve."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+from forklift_boot.cache import ImageCache
+from forklift_boot.errors import CacheError, EngineError, ForkliftBootError
+from forklift_boot.faults import checkpoint
+from forklift_boot.images import (
+    ByteCounter,
+    ImageTarget,
+    LoadPlan,
+    Wanted,
+    group_by_canonical,
+    missing_outcome,
+    plan_load,
+)
+from forklift_boot.refs import ImageRef
+from forklift_boot.report import (
+    FAILED,
+    LOADED,
+    PRESENT,
+    TAGGED,
+    UNRESOLVED,
+    ImageOutcome,
+    NoProgress,
+    Progress,
+    Report,
+)
+from forklift_boot.requirements import RequiredImage
+
+log = logging.getLogger(__name__)
+
+
+def load_images(
+    required: Sequence[RequiredImage],
+    target: ImageTarget,
+    cache: ImageCache,
+    *,
+    thin: bool = True,
+    record_digests: bool = True,
+    progress: Progress | None = None,
+    engine: str = "Docker",
+) -> Report:
+    """Loads what the target lacks (by image ID and by ref as written) from the cache."""
+    progress = progress or NoProgress()
+    report = Report("load", engine)
+    outcomes: dict[str, ImageOutcome] = {}
+    wanted = group_by_canonical(required)
+    with cache.reading() as reader:
+        plans: list[LoadPlan] = []
+        for item in wanted:
+            entry = reader.find(item.canonical)
+            if entry is None:
+                if all(target.resolve(ref) for ref in item.written):
+                    outcomes[item.canonical] = item.outcome(PRESENT)
+                else:
+                    outcomes[item.canonical] = missing_outcome(
+                        item, "not in the cache; cache it first"
+                    )
+                continue
+            try:
+                plan = plan_load(reader, entry, item, target.platform)
+            except ForkliftBootError as err:
+                outcomes[item.canonical] = item.outcome(FAILED, str(err))
+                continue
+            if _unresolved_refs(target, plan):
+                plans.append(plan)
+            else:
+                outcomes[item.canonical] = item.outcome(PRESENT)
+        # Spellings of one image (tag, digest, both) share an image ID: load it once.
+        by_image: dict[str, list[LoadPlan]] = {}
+        for plan in plans:
+            by_image.setdefault(target.identity(plan), []).append(plan)
+        to_load = [group for image_id, group in by_image.items() if not target.has_image(image_id)]
+        target.ensure_space([group[0] for group in to_load])
+        for index, group in enumerate(to_load, start=1):
+            merged = _merge_plans(group)
+            progress.start_image(index, len(to_load), merged.wanted.canonical, merged.archive_size)
+            sent = _ByteCount(progress.add_bytes)
+            try:
+                target.load(reader, merged, thin=thin, on_bytes=sent)
+                checkpoint("image-loaded")
+                status, detail = LOADED, ""
+            except (EngineError, CacheError) as err:
+                log.error("couldn't load %s: %s", merged.wanted.canonical, err)
+                status, detail = FAILED, str(err)
+            for position, plan in enumerate(group):
+                outcomes[plan.wanted.canonical] = plan.wanted.outcome(
+                    status, detail, bytes_written=sent.total if position == 0 else 0
+                )
+        failed = {name for name, outcome in outcomes.items() if outcome.status == FAILED}
+        in_target = [plan for plan in plans if plan.wanted.canonical not in failed]
+        _make_resolvable(target, in_target, outcomes, record_digests=record_digests)
+    for item in wanted:
+        report.add(outcomes[item.canonical])
+        progress.finish_image(outcomes[item.canonical])
+    return report.finish()
+
+
+def _make_resolvable(
+    target: ImageTarget,
+    plans: Sequence[LoadPlan],
+    outcomes: dict[str, ImageOutcome],
+    *,
+    record_digests: bool,
+) -> None:
+    pending = [(plan, ref) for plan in plans for ref in _unresolved_refs(target, plan)]
+    reasons = target.make_resolvable(pending, record_digests=record_digests) if pending else {}
+    for plan in plans:
+        still = _unresolved_refs(target, plan)
+        previous = outcomes.get(plan.wanted.canonical)
+        if still:
+            why = "; ".join(
+                f"{ref.written}: {reasons.get(ref.written, 'does not resolve')}" for ref in still
+            )
+            outcomes[plan.wanted.canonical] = plan.wanted.outcome(UNRESOLVED, why)
+        elif previous is None:
+            outcomes[plan.wanted.canonical] = plan.wanted.outcome(TAGGED)
+
+
+class _ByteCount:
+    """Counts the bytes that really went to the target, and passes them on to progress."""
+
+    def __init__(self, then: ByteCounter) -> None:
+        self.total = 0
+        self.then = then
+
+    def __call__(self, count: int) -> None:
+        self.total += count
+        self.then(count)
+
+
+def _merge_plans(group: Sequence[LoadPlan]) -> LoadPlan:
+    """One plan for cache entries of the same image, answering to all their refs."""
+    refs = tuple(ref for plan in group for ref in plan.wanted.refs)
+    essential = any(plan.wanted.essential for plan in group)
+    return replace(group[0], wanted=Wanted(group[0].wanted.canonical, refs, essential))
+
+
+def _unresolved_refs(target: ImageTarget, plan: LoadPlan) -> list[ImageRef]:
+    return [
+        ref for ref in plan.wanted.refs if target.resolve(ref.written) != target.identity(plan, ref)
+    ]

@@ -1,0 +1,1 @@
+"""containerd: images copied out of and loaded into its content store, through ``ctr``."""
