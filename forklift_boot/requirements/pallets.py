@@ -64,8 +64,8 @@ class MergedPallet:
     def real_file(self, rel: str) -> Path | None:
         rel = posixpath.normpath(rel.lstrip("/"))
         own = self.root_dir / rel
-        if own.exists():
-            return own if own.is_file() else None
+        if os.path.lexists(own):  # a FIFO or a symlink loop too: reading it says what it is
+            return None if own.is_dir() else own
         return self.imported.get(rel)
 
     def files(self) -> Iterator[str]:
@@ -391,7 +391,10 @@ def _load_import_group(file: Path, name: str) -> ImportGroup:
 def _same_file(a: Path, b: Path) -> bool:
     if a == b:
         return True
-    sa, sb = a.stat(), b.stat()
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:  # a symlink loop: not the same, and reading it will say why
+        return False
     return (sa.st_mode & 0o777) == (sb.st_mode & 0o777) and filecmp.cmp(a, b, shallow=False)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from forklift_boot.requirements.compose.interpolation import TemplateError, substitute
 from forklift_boot.requirements.compose.model import ComposeError
+from forklift_boot.requirements.files import UnreadableFile, read_regular_file
 
 
 def read_env_files(paths: list[Path], env: Mapping[str, str]) -> dict[str, str]:
@@ -20,9 +21,13 @@ def read_env_files(paths: list[Path], env: Mapping[str, str]) -> dict[str, str]:
         if path.is_dir():
             raise ComposeError(f"{path} is a directory")
         try:
-            text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
+            text = read_regular_file(path).decode("utf-8").removeprefix("\ufeff")
             values.update(_parse_env_file(text, ChainMap(dict(env), values)))
-        except (OSError, UnicodeDecodeError, TemplateError, ComposeError) as err:
+        except UnicodeDecodeError as err:
+            raise ComposeError(
+                f"failed to read {path}: it is not UTF-8 text (byte {err.start})"
+            ) from err
+        except (UnreadableFile, TemplateError, ComposeError) as err:
             raise ComposeError(f"failed to read {path}: {err}") from err
     return values
 
