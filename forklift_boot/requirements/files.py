@@ -139,6 +139,11 @@ def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         raise RequirementsError(
             f"couldn't parse {what} {path}: {describe_yaml_error(err)}", path
         ) from err
+    except (ValueError, TypeError, AttributeError) as err:
+        # PyYAML's constructors fail this way on explicit tags (`!!int abc`).
+        raise RequirementsError(
+            f"couldn't parse {what} {path}: invalid value for its explicit tag", path
+        ) from err
     finally:
         loader.dispose()
     if data is None:

@@ -263,6 +263,77 @@ def test_env_file_that_is_a_fifo(tmp_path: Path) -> None:
     )
 
 
+# --- Secrets never reach the output ------------------------------------------------------------
+
+
+def _pallet_reading_secret(tmp_path: Path, secret: str) -> tuple[Path, Path]:
+    """A pallet whose include names an env file outside it: a secrets file, for instance."""
+    secret_file = tmp_path / "secret.env"
+    secret_file.write_text(secret, encoding="utf-8")
+    compose = (
+        f"include:\n  - path: db.yml\n    env_file: {secret_file}\n"
+        "services:\n  web:\n    image: nginx\n"
+    )
+    pallet = pallet_with(tmp_path, compose)
+    (pallet / "packages/web/db.yml").write_text("services:\n  db:\n    image: postgres\n")
+    return pallet, secret_file
+
+
+def test_env_file_parse_error_does_not_echo_the_line(tmp_path: Path) -> None:
+    pallet, secret_file = _pallet_reading_secret(tmp_path, f"TOKEN={SECRET}\n{SECRET}/x=1\n")
+    result = ls_img(pallet)
+    assert_one_error(
+        result,
+        f"couldn't load compose file {pallet}/packages/web/compose.yml: failed to read "
+        f"{secret_file}: line 2: unexpected character in variable name",
+    )
+
+
+def test_env_file_unterminated_quote_does_not_echo_the_value(tmp_path: Path) -> None:
+    pallet, secret_file = _pallet_reading_secret(tmp_path, f"TOKEN='{SECRET}\n")
+    assert_one_error(
+        ls_img(pallet),
+        f"couldn't load compose file {pallet}/packages/web/compose.yml: failed to read "
+        f"{secret_file}: line 1: unterminated quoted value",
+    )
+
+
+def test_dollar_in_an_env_value_warns_without_quoting_it(tmp_path: Path) -> None:
+    pallet, secret_file = _pallet_reading_secret(tmp_path, "PASSWORD=pa$sw0rdSECRET\n")
+    result = ls_img(pallet)
+    assert (result.returncode, result.stdout) == (0, "nginx\npostgres\n")
+    assert result.stderr == (
+        f"Warning: A variable in PASSWORD of env file {secret_file} is not set. "
+        "Defaulting to a blank string.\n"
+    )
+
+
+def test_bad_explicit_tag_does_not_echo_the_value(tmp_path: Path) -> None:
+    pallet = pallet_with(tmp_path, f"services:\n  web:\n    image: !!int {SECRET}\n")
+    assert_one_error(
+        ls_img(pallet),
+        f"couldn't load compose file {pallet}/packages/web/compose.yml: "
+        "invalid value for its explicit tag",
+    )
+    deployment = f"package: !!float {SECRET}\n"
+    pallet = pallet_with(tmp_path / "2", "services:\n  web:\n    image: nginx\n", deployment)
+    assert_one_error(
+        ls_img(pallet),
+        f"couldn't parse deployment file {pallet}/deployments/web.deploy.yml: "
+        "invalid value for its explicit tag",
+    )
+
+
+def test_interpolation_errors_name_the_key_not_the_value(tmp_path: Path) -> None:
+    compose = f"services:\n  web:\n    image: nginx\n    environment:\n      A: ${{{SECRET}\n"
+    pallet = pallet_with(tmp_path, compose)
+    assert_one_error(
+        ls_img(pallet),
+        f"couldn't load compose file {pallet}/packages/web/compose.yml: invalid interpolation "
+        "format for services.web.environment.A (you may need to escape any $ with another $)",
+    )
+
+
 # --- read_regular_file -------------------------------------------------------------------------
 
 

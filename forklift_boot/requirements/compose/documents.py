@@ -33,7 +33,7 @@ def _expand(
 ) -> Document:
     if not isinstance(data, dict):
         raise ComposeError("top-level object must be a mapping")
-    data = interpolate(data, "", env)
+    data = interpolate(data, "", env, file)
     _mark_sources(data, file)
     return Document(data, resets)
 

@@ -159,7 +159,7 @@ def parse_yaml(content: bytes) -> list[tuple[Any, list[tuple[str, ...]]]]:
                 raw = loader.construct_document(node)
             except (ValueError, TypeError, AttributeError) as err:
                 # PyYAML's constructors fail this way on explicit tags (`!!int abc`).
-                raise ComposeError(f"invalid value: {err}") from err
+                raise ComposeError("invalid value for its explicit tag") from err
             resets: list[tuple[str, ...]] = []
             documents.append((_strip_tags(raw, (), "", resets), resets))
     finally:
