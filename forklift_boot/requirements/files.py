@@ -170,14 +170,18 @@ def compose_documents(loader: yaml.SafeLoader) -> Iterator[yaml.Node]:
         events.get_event()
     while not events.check_event(yaml.StreamEndEvent):
         events.get_event()  # DocumentStartEvent
-        node = _Composer(loader).node(0)[0]
+        node = _Composer(loader).compose(events.get_event(), 0)
         events.get_event()  # DocumentEndEvent
         yield node
     events.get_event()  # StreamEndEvent
 
 
 class _Composer:
-    """PyYAML's Composer.compose_node, counting what go-yaml's decoder would count."""
+    """PyYAML's Composer.compose_node, counting what go-yaml's decoder would count.
+
+    Written for speed, as it sees every node of every file: one parser call per node, and the
+    cost of a subtree (decodes, levels) is taken from running totals, not returned per node.
+    """
 
     def __init__(self, loader: yaml.SafeLoader) -> None:
         self.loader: Any = loader  # PyYAML's parser methods are untyped
@@ -185,22 +189,13 @@ class _Composer:
         self.anchors: dict[str, tuple[yaml.Node, tuple[int, int] | None]] = {}
         self.decodes = 0
         self.aliased = 0
+        self.deepest = 0  # the deepest level reached so far, aliases expanded
 
-    def node(self, depth: int) -> tuple[yaml.Node, int, int]:
-        """The next node, the decodes it costs, and how many levels it nests (0: a scalar)."""
-        loader = self.loader
-        if loader.check_event(yaml.AliasEvent):
-            event = loader.get_event()
-            if event.anchor not in self.anchors:
-                raise ComposerError(None, None, "found undefined alias", event.start_mark)
-            target, cost = self.anchors[event.anchor]
-            if cost is None:
-                raise ComposerError(None, None, "recursive YAML alias", event.start_mark)
-            decodes, levels = cost
-            self._count(1 + decodes, decodes, event.start_mark)
-            self._check_depth(depth + levels, event.start_mark)
-            return target, 1 + decodes, levels
-        event = loader.peek_event()
+    def compose(self, event: Any, depth: int) -> yaml.Node:
+        """The node ``event`` starts, ``depth`` levels deep (0 for the top)."""
+        kind = type(event)
+        if kind is _AliasEvent:
+            return self._alias(event, depth)
         anchor = event.anchor
         if anchor is not None and anchor in self.anchors:
             raise ComposerError(
@@ -209,49 +204,63 @@ class _Composer:
                 "second occurrence",
                 event.start_mark,
             )
-        self._count(1, 0, event.start_mark)
+        self.decodes += 1
+        # Only an alias raises the share of aliased decodes; past 400,000 decodes the allowed
+        # share falls as decodes grow, so every node counts from there on.
+        if self.decodes > _ALIAS_RATIO_LOW and self.aliased > 100:
+            self._check_aliasing(event.start_mark)
+        tag = event.tag
         node: yaml.Node
-        if loader.check_event(yaml.ScalarEvent):
-            loader.get_event()
-            tag = event.tag
+        if kind is _ScalarEvent:
             if tag is None or tag == "!":
-                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-            node = yaml.ScalarNode(
-                tag, event.value, event.start_mark, event.end_mark, style=event.style
-            )
+                tag = self.loader.resolve(_ScalarNode, event.value, event.implicit)
+            node = _ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
             if anchor is not None:
                 self.anchors[anchor] = (node, (1, 0))
-            return node, 1, 0
-        self._check_depth(depth + 1, event.start_mark)
-        loader.get_event()
-        mapping = isinstance(event, yaml.MappingStartEvent)
-        kind = yaml.MappingNode if mapping else yaml.SequenceNode
-        tag = event.tag
+            return node
+        if depth >= MAX_YAML_DEPTH:
+            raise _too_deep(event.start_mark)
+        mapping = kind is _MappingStartEvent
+        node_class = _MappingNode if mapping else _SequenceNode
         if tag is None or tag == "!":
-            tag = loader.resolve(kind, None, event.implicit)
-        node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            tag = self.loader.resolve(node_class, None, event.implicit)
+        node = node_class(tag, [], event.start_mark, None, flow_style=event.flow_style)
         if anchor is not None:
             self.anchors[anchor] = (node, None)
-        decodes, levels = 1, 1
-        end = yaml.MappingEndEvent if mapping else yaml.SequenceEndEvent
-        while not loader.check_event(end):
-            item, item_decodes, item_levels = self.node(depth + 1)
-            decodes, levels = decodes + item_decodes, max(levels, 1 + item_levels)
+        decodes_before, deepest_outside = self.decodes - 1, self.deepest
+        self.deepest = depth + 1
+        items: list[Any] = node.value
+        get_event, compose = self.loader.get_event, self.compose
+        end = _MappingEndEvent if mapping else _SequenceEndEvent
+        while type(event := get_event()) is not end:
             if mapping:
-                value, value_decodes, value_levels = self.node(depth + 1)
-                decodes, levels = decodes + value_decodes, max(levels, 1 + value_levels)
-                node.value.append((item, value))
+                items.append((compose(event, depth + 1), compose(get_event(), depth + 1)))
             else:
-                node.value.append(item)
-        node.end_mark = loader.get_event().end_mark
+                items.append(compose(event, depth + 1))
+        node.end_mark = event.end_mark
         if anchor is not None:
-            self.anchors[anchor] = (node, (decodes, levels))
-        return node, decodes, levels
+            self.anchors[anchor] = (node, (self.decodes - decodes_before, self.deepest - depth))
+        self.deepest = max(self.deepest, deepest_outside)
+        return node
 
-    def _count(self, decodes: int, aliased: int, mark: yaml.Mark) -> None:
-        """decode.go unmarshal's check after ``decodes`` more, ``aliased`` of them by aliases."""
-        self.decodes += decodes
-        self.aliased += aliased
+    def _alias(self, event: Any, depth: int) -> yaml.Node:
+        if event.anchor not in self.anchors:
+            raise ComposerError(None, None, "found undefined alias", event.start_mark)
+        target, cost = self.anchors[event.anchor]
+        if cost is None:
+            raise ComposerError(None, None, "recursive YAML alias", event.start_mark)
+        decodes, levels = cost
+        # decode.go: the alias node itself, then every node it expands to, through the alias.
+        self.decodes += 1 + decodes
+        self.aliased += decodes
+        self._check_aliasing(event.start_mark)
+        if depth + levels > MAX_YAML_DEPTH:
+            raise _too_deep(event.start_mark)
+        self.deepest = max(self.deepest, depth + levels)
+        return target
+
+    def _check_aliasing(self, mark: yaml.Mark) -> None:
+        """decode.go unmarshal's check."""
         if (
             self.aliased > 100
             and self.decodes > 1000
@@ -259,12 +268,15 @@ class _Composer:
         ):
             raise ComposerError(None, None, "document contains excessive aliasing", mark)
 
-    @staticmethod
-    def _check_depth(depth: int, mark: yaml.Mark) -> None:
-        if depth > MAX_YAML_DEPTH:
-            raise ComposerError(
-                None, None, f"nesting exceeds the limit of {MAX_YAML_DEPTH} levels", mark
-            )
+
+_AliasEvent, _ScalarEvent = yaml.AliasEvent, yaml.ScalarEvent
+_MappingStartEvent, _MappingEndEvent = yaml.MappingStartEvent, yaml.MappingEndEvent
+_SequenceEndEvent = yaml.SequenceEndEvent
+_ScalarNode, _MappingNode, _SequenceNode = yaml.ScalarNode, yaml.MappingNode, yaml.SequenceNode
+
+
+def _too_deep(mark: yaml.Mark) -> ComposerError:
+    return ComposerError(None, None, f"nesting exceeds the limit of {MAX_YAML_DEPTH} levels", mark)
 
 
 def _allowed_alias_ratio(decodes: int) -> float:
