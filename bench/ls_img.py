@@ -2,8 +2,8 @@
 
     .venv/pypi/bin/python -m bench.ls_img [--runs 20]
 
-Run from the repository root. The pallet comes from the tests' lookup (tests/pallet_standard.py):
-../shared/fixtures/pallet-standard, else a cache fetched at the pinned commit.
+Run from the repository root. The pallet is found as the tests find it (tests/pallet_standard.py;
+the README's testing paragraph says where it looks).
 
 Prints the median and spread of in-process runs (parsing, merging, compose loading) and of
 whole command runs (interpreter start-up included), next to `python -c pass` as the floor.
