@@ -184,6 +184,7 @@ def cache_dir(tmp_path: Path, crafted: Bytes) -> Path:
 @pytest.fixture
 def warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     # cli.main (run by other tests) stops forklift_boot's records from reaching the root logger.
+    # The serve package's logger: its modules' records (catalog, handler, server) propagate to it.
     logger = logging.getLogger("forklift_boot.exchange.serve")
     logger.addHandler(caplog.handler)
     caplog.handler.setLevel(logging.WARNING)
