@@ -4,6 +4,7 @@ answered from the cache."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs
 from forklift_boot import __version__
 from forklift_boot.cache import BUFFER_SIZE, MAX_JSON_BLOB_SIZE
 from forklift_boot.errors import CacheError
+from forklift_boot.exchange.names import shown
 from forklift_boot.exchange.serve.api import (
     API_VERSION_HEADER,
     ApiError,
@@ -32,6 +34,7 @@ from forklift_boot.exchange.serve.api import (
     single_param,
 )
 from forklift_boot.exchange.serve.catalog import ServedRepository
+from forklift_boot.exchange.serve.connection import HeadReader
 from forklift_boot.refs import REGISTRY_HOST_RE, TAG_RE
 
 if TYPE_CHECKING:
@@ -43,12 +46,15 @@ log = logging.getLogger(__name__)
 
 # An idle keep-alive connection (or a client that stops reading) frees its thread after this.
 IDLE_TIMEOUT_SECONDS = 60.0
+# The methods the image cache answers; any other gets 405 and this list.
+_ALLOWED_METHODS = "GET, HEAD"
 # A refused write's body is read and dropped up to this size, so the connection stays usable.
 _MAX_DISCARDED_BODY = 1 << 20
 
 _MANIFEST_PATH_RE = re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)")
 _BLOB_PATH_RE = re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)")
 _TAGS_PATH_RE = re.compile(r"/v2/(?P<name>.+)/tags/list")
+_LENGTH_RE = re.compile(r"[0-9]+")  # ASCII digits only
 
 
 class CacheRequestHandler(BaseHTTPRequestHandler):
@@ -62,6 +68,29 @@ class CacheRequestHandler(BaseHTTPRequestHandler):
         self._status = 0
         self._sent = 0
         self._headers_sent = False
+        # Requests are read through a HeadReader, which bounds the time a head takes.
+        self.rfile.close()
+        self._reader = HeadReader(self.connection, IDLE_TIMEOUT_SECONDS)
+        self.rfile = io.BufferedReader(self._reader)
+        self._requests = 0
+
+    def handle_one_request(self) -> None:
+        # The first request's head counts from the connection's start, so a connection that
+        # sends nothing goes as soon as one that trickles; a keep-alive connection may wait
+        # idle for its next request, whose head then counts from its first byte.
+        self._reader.start_head(self.server.header_timeout, now=self._requests == 0)
+        self._requests += 1
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self._reader.end_head()
+        if parsed and not hasattr(self, "do_" + self.command):
+            # BaseHTTPRequestHandler would answer 501 with an HTML page.
+            self._discard_body()
+            self._handle(send_body=True, refuse="the image cache answers GET and HEAD only")
+            return False
+        return parsed
 
     def do_GET(self) -> None:
         self._handle(send_body=True)
@@ -95,38 +124,45 @@ class CacheRequestHandler(BaseHTTPRequestHandler):
 
     def _handle_write(self) -> None:
         self._discard_body()
-        self._handle(send_body=True, refuse=True)
+        self._handle(send_body=True, refuse="the image cache is served read-only")
 
-    def _handle(self, *, send_body: bool, refuse: bool = False) -> None:
+    def _handle(self, *, send_body: bool, refuse: str | None = None) -> None:
+        """Answer the request; ``refuse``: with 405 and this message."""
         started = time.monotonic()
         self._status, self._sent, self._headers_sent = 0, 0, False
         try:
-            if refuse:
+            if refuse is not None:
+                raise ApiError(405, "UNSUPPORTED", refuse, headers={"Allow": _ALLOWED_METHODS})
+            if self._has_body():
+                # Behind a proxy that reads the body as part of this request, taking it for the
+                # next request would let a client smuggle one past the proxy.
+                self.close_connection = True
                 raise ApiError(
-                    405,
+                    400,
                     "UNSUPPORTED",
-                    "the image cache is served read-only",
-                    headers={"Allow": "GET, HEAD"},
+                    f"a {self.command} request to the image cache has no body",
                 )
             self._route(send_body)
         except ApiError as err:
             self._send_error(err, send_body=send_body)
         except CacheError as err:
             # index.json unreadable, a blob that can't be opened: the cache's problem.
-            log.warning("couldn't answer %s %s: %s", self.command, self.path, err)
+            log.warning("couldn't answer %s %s: %s", self.command, shown(self.path), err)
             self._fail(ApiError(500, "UNKNOWN", str(err)), send_body=send_body)
         except (ConnectionError, TimeoutError) as err:
             log.debug("%s: connection lost: %s", self.address_string(), err)
             self.close_connection = True
         except Exception as err:
-            log.warning("couldn't answer %s %s: %s", self.command, self.path, err, exc_info=True)
+            log.warning(
+                "couldn't answer %s %s: %s", self.command, shown(self.path), err, exc_info=True
+            )
             self._fail(ApiError(500, "UNKNOWN", f"internal error: {err}"), send_body=send_body)
         finally:
             log.debug(
                 '%s "%s %s" %s %d bytes %.3f s',
                 self.address_string(),
-                self.command,
-                self.path,
+                shown(self.command),
+                shown(self.path),
                 self._status or "-",
                 self._sent,
                 time.monotonic() - started,
@@ -384,6 +420,13 @@ class CacheRequestHandler(BaseHTTPRequestHandler):
     def _write(self, data: bytes) -> None:
         self.wfile.write(data)
         self._sent += len(data)
+
+    def _has_body(self) -> bool:
+        """Whether the request says it has a body (or says it unclearly)."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            return True
+        lengths = self.headers.get_all("Content-Length") or []
+        return any(_LENGTH_RE.fullmatch(value.strip()) is None or int(value) for value in lengths)
 
     def _discard_body(self) -> None:
         """Read a refused request's body, so the connection can serve the next request; a big
