@@ -966,3 +966,61 @@ def test_a_get_with_an_empty_body_is_answered(client: Client) -> None:
     # Pipelining stays: the second request is answered too.
     assert [status for status, _, _ in answer] == [200, 200]
     assert json.loads(answer[1][2])["repositories"]
+
+
+# Hostile caches: one bad entry fails alone, and its name never reaches a log raw
+
+
+def add_entries(cache_dir: Path, *entries: dict[str, Any]) -> None:
+    """Entries written into index.json as another device's cache might hold them: unchecked."""
+    index_path = cache_dir / "index.json"
+    index = json.loads(index_path.read_bytes())
+    index["manifests"] += list(entries)
+    replacement = cache_dir / "index.json.new"
+    replacement.write_text(json.dumps(index))
+    replacement.rename(index_path)  # as the cache replaces it: a new inode
+
+
+def test_a_deeply_nested_manifest_fails_alone(
+    cache_dir: Path, crafted: Bytes, warnings: pytest.LogCaptureFixture
+) -> None:
+    depth = 100_000
+    deep = (
+        b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}"
+    )
+    descriptor = Descriptor("application/vnd.oci.image.manifest.v1+json", sha256(deep), len(deep))
+    blob_path(cache_dir, descriptor.digest).write_bytes(deep)
+    deep_name = "docker.io/library/deep:1"
+    with serving(cache_dir) as served:
+        assert served.get("/v2/library/alpha/manifests/1.0").status == 200
+        add_entries(cache_dir, CachedImage(deep_name, (deep_name,), descriptor).to_entry())
+        response = served.get("/v2/library/alpha/manifests/1.0")
+        assert (response.status, response.body) == (200, crafted.alpha.manifest.data)
+        assert served.get(f"/v2/library/alpha/blobs/{crafted.alpha.layers[0].digest}").status == 200
+        response = served.get("/v2/library/deep/manifests/1")
+        assert (response.status, response.error_code()) == (404, "NAME_UNKNOWN")
+    assert f"not serving {deep_name} from the image cache" in warnings.text
+    assert "nested too deeply" in warnings.text
+
+
+def test_a_name_with_escape_sequences_is_not_served_nor_logged_raw(
+    cache_dir: Path, crafted: Bytes, warnings: pytest.LogCaptureFixture
+) -> None:
+    manifest = crafted.alpha.manifest
+    descriptor = Descriptor(manifest.media_type, manifest.digest, len(manifest.data))
+    hostile = "\x1b[31mError: FAKE\x1b[0m\n../../../../etc/passwd"
+    with serving(cache_dir) as served:
+        add_entries(cache_dir, CachedImage(hostile, (), descriptor).to_entry())
+        response = served.get("/v2/_catalog")
+        assert response.status == 200
+        assert sorted(response.json()["repositories"]) == [
+            "127.0.0.1_5000/fbtest/delta",
+            "ghcr.io/acme/multi",
+            "library/alpha",
+        ]
+    assert "not serving \\x1b[31mError: FAKE\\x1b[0m\\n../../../../etc/passwd" in warnings.text
+    assert "\x1b" not in warnings.text
+    assert "\n../" not in warnings.text

@@ -23,6 +23,7 @@ from typing import BinaryIO
 from forklift_boot.cache import CacheReader, Descriptor
 from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, walk_blobs
 from forklift_boot.errors import CacheError, ImageRefError
+from forklift_boot.exchange.names import shown
 from forklift_boot.exchange.serve.api import DIGEST_RE
 from forklift_boot.refs import parse_image_ref
 
@@ -77,9 +78,25 @@ class CacheCatalog:
             try:
                 ref = parse_image_ref(image.canonical)
             except ImageRefError as err:
-                log.warning("not serving %s from the image cache: %s", image.canonical, err)
+                # A foreign cache's name may hold escape sequences: never printed raw.
+                log.warning(
+                    "not serving %s from the image cache: %s",
+                    shown(image.canonical),
+                    shown(str(err)),
+                )
                 continue
-            walk = walk_blobs(reader, image.descriptor)
+            try:
+                walk = walk_blobs(reader, image.descriptor)
+            except RecursionError:
+                # One image's documents, digested right but nested past what Python's JSON
+                # parser takes, must not keep the other images from being served.
+                log.warning(
+                    "not serving %s from the image cache %s: a manifest or index it reaches is"
+                    " nested too deeply to read",
+                    image.canonical,
+                    self.cache_dir,
+                )
+                continue
             problem = walk.image_problem()
             if problem is not None:
                 log.warning(
