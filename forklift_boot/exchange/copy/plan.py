@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from forklift_boot.cache import CachedImage, CacheReader
 from forklift_boot.cache.index import read_index
 from forklift_boot.cache.walk import BlobWalk, DocumentStash, ReachedBlob, walk_blobs
 from forklift_boot.exchange.copy.report import TransferReport, image_outcome
+from forklift_boot.exchange.names import entry_name_problem, foreign_refs, shown
 from forklift_boot.images import group_by_canonical, missing_outcome
 from forklift_boot.report import FAILED
 from forklift_boot.requirements import RequiredImage
@@ -18,6 +19,8 @@ from forklift_boot.requirements import RequiredImage
 __all__ = ["CopyPlan", "plan_copy", "source_problem"]
 
 log = logging.getLogger(__name__)
+
+_TOO_DEEP = "a manifest or index it reaches is nested too deeply to read"
 
 
 @dataclass
@@ -39,11 +42,13 @@ def plan_copy(
     required: Sequence[RequiredImage] | None,
     report: TransferReport,
 ) -> list[CopyPlan]:
-    """The source's images to copy, each followed through its blobs; damaged ones and wanted
-    ones the source lacks become outcomes right away."""
+    """The source's images to copy, each followed through its blobs; damaged ones, wanted
+    ones the source lacks and (copying all) entries whose name is no image reference become
+    outcomes right away."""
     listed = reader.images()
+    admitted, refused = _check_names(reader.cache_dir, listed)
     images: dict[str, CachedImage] = {}
-    for image in listed:
+    for image in admitted:
         if image.canonical in images:
             log.warning(
                 "%s/index.json names %s twice; copying the first entry",
@@ -54,6 +59,9 @@ def plan_copy(
         images[image.canonical] = image
     selected: list[tuple[CachedImage, bool]]
     if required is None:
+        for image, message in refused:
+            log.error("%s", message)
+            report.outcomes.append(image_outcome(image, FAILED, message))
         selected = [(image, True) for image in images.values()]
         others = len(read_index(reader.cache_dir).entries) - len(listed)
         if others > 0:
@@ -74,8 +82,16 @@ def plan_copy(
                 selected.append((found, wanted.essential))
     plans: list[CopyPlan] = []
     for image, essential in selected:
-        walk = walk_blobs(stash, image.descriptor)
-        problem = walk.image_problem()
+        try:
+            walk = walk_blobs(stash, image.descriptor)
+            problem = walk.image_problem()
+        except RecursionError:
+            # Digested right but nested past what Python's JSON parser takes: this image
+            # fails, the others are copied.
+            message = source_problem(image.canonical, reader.cache_dir, _TOO_DEEP)
+            log.error("%s", message)
+            report.outcomes.append(image_outcome(image, FAILED, message, essential=essential))
+            continue
         if problem is None:
             plans.append(CopyPlan(image, walk, essential))
             continue
@@ -83,6 +99,39 @@ def plan_copy(
         log.error("%s", message)
         report.outcomes.append(image_outcome(image, FAILED, message, essential=essential))
     return plans
+
+
+def _check_names(
+    source_dir: Path, listed: Sequence[CachedImage]
+) -> tuple[list[CachedImage], list[tuple[CachedImage, str]]]:
+    """The entries whose name is an image reference, with only the refs that mean it; and
+    the others, their names shown escaped, with why.
+
+    The source may be another device's cache: only names that are image references come in,
+    and only refs that mean the entry's own name (no ``app:1`` claiming ``nginx:1.27`` for
+    the report and for load-img).
+    """
+    admitted: list[CachedImage] = []
+    refused: list[tuple[CachedImage, str]] = []
+    for image in listed:
+        problem = entry_name_problem(image.canonical)
+        if problem is not None:
+            message = f"couldn't copy an entry of {source_dir}/index.json: {problem}"
+            refused.append((replace(image, canonical=shown(image.canonical), refs=()), message))
+            continue
+        foreign = foreign_refs(image)
+        if foreign:
+            log.warning(
+                "%s/index.json gives %s refs that don't name it; left them out: %s",
+                source_dir,
+                image.canonical,
+                ", ".join(shown(ref) for ref in foreign),
+            )
+            refs = tuple(ref for ref in image.refs if ref not in foreign)
+            admitted.append(replace(image, refs=refs))
+        else:
+            admitted.append(image)
+    return admitted, refused
 
 
 def source_problem(name: str, source_dir: Path, problem: str) -> str:
