@@ -8,9 +8,15 @@ from forklift_boot.exchange.serve.api import (
     repository_name,
 )
 from forklift_boot.exchange.serve.catalog import CacheCatalog, ServedRepository
-from forklift_boot.exchange.serve.server import CacheServer
+from forklift_boot.exchange.serve.server import (
+    HEADER_TIMEOUT_SECONDS,
+    MAX_CONNECTIONS,
+    CacheServer,
+)
 
 __all__ = [
+    "HEADER_TIMEOUT_SECONDS",
+    "MAX_CONNECTIONS",
     "ApiError",
     "CacheCatalog",
     "CacheServer",

@@ -1,5 +1,9 @@
 """The HTTP handler of `cache serve`: one request of the pull side of the distribution API,
-answered from the cache."""
+answered from the cache.
+
+One class, read better whole: BaseHTTPRequestHandler keeps a request's state on the handler,
+and its endpoints, checks and ways of answering share that state.
+"""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ class CacheServer(ThreadingHTTPServer):
         self.max_connections = max_connections
         self._connections = 0
         self._connections_lock = threading.Lock()
-        self._is_full = False  # refusing connections since the last one ended
+        self._is_full = False  # the last connection was refused: one warning per run of them
         super().__init__((str(infos[0][4][0]), int(infos[0][4][1])), CacheRequestHandler)
 
     def server_bind(self) -> None:
