@@ -14,14 +14,19 @@ import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from forklift_boot.archive.oci_layout import platform_object
 from forklift_boot.cache import BUFFER_SIZE, INDEX_MEDIA_TYPES, Descriptor
 from forklift_boot.errors import CacheError, EngineError, EngineUnavailableError
-from forklift_boot.platforms import best_match, parse_platform, platform_of
+from forklift_boot.platforms import (
+    best_match,
+    parse_platform,
+    platform_object,
+    platform_of,
+    platform_text,
+)
 from forklift_boot.refs import ImageRef
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
@@ -222,7 +227,7 @@ class Ctr:
             size = len(self.content(descriptor.digest, ref=ref))
             descriptor = Descriptor(descriptor.media_type, descriptor.digest, size)
         config_document = self.content_json(config.digest, ref=ref)
-        found_platform = _config_platform(config_document)
+        found_platform = platform_text(platform_object(config_document))
         descriptor = Descriptor(
             descriptor.media_type,
             descriptor.digest,
@@ -230,12 +235,6 @@ class Ctr:
             platform=platform_object(config_document),
         )
         return ResolvedImage(descriptor, config, layers, found_platform)
-
-
-def _config_platform(config: Mapping[str, Any]) -> str:
-    platform = platform_object(config)
-    text = f"{platform['os']}/{platform['architecture']}"
-    return f"{text}/{platform['variant']}" if "variant" in platform else text
 
 
 def _read_all(file: IO[bytes]) -> bytes:

@@ -9,6 +9,7 @@ from forklift_boot.archive.oci_layout import copied_from_layout, drop_other_plat
 from forklift_boot.cache import CacheWriter, Descriptor
 from forklift_boot.errors import EngineError, ImageRefError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
+from forklift_boot.platforms import platform_object
 from forklift_boot.refs import ImageRef, parse_image_ref
 from forklift_boot.stores.docker.engine import DockerEngine, ImageInfo
 
@@ -135,10 +136,6 @@ def _registry_digest(info: ImageInfo, ref: ImageRef) -> str | None:
 
 
 def _with_platform(manifest: Descriptor, config: Mapping[str, object]) -> Descriptor:
-    platform = {
-        "os": str(config.get("os", "linux")),
-        "architecture": str(config.get("architecture", "")),
-    }
-    if config.get("variant"):
-        platform["variant"] = str(config["variant"])
-    return Descriptor(manifest.media_type, manifest.digest, manifest.size, platform=platform)
+    return Descriptor(
+        manifest.media_type, manifest.digest, manifest.size, platform=platform_object(config)
+    )
