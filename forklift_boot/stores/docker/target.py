@@ -214,10 +214,11 @@ def _top(plan: LoadPlan) -> Descriptor:
 
 
 def _containerd_store_names(plan: LoadPlan) -> dict[str, Descriptor]:
-    """index.json names for the containerd image store (DOCKER-STORES.md): each tag ref
-    names the top descriptor; each digest ref names the descriptor of that digest. It resolves
-    ``repo@digest`` (and ``repo:tag@digest``) to any image of that repository whose target has
-    the digest, so a digest the cache has no manifest for can't be named at all."""
+    """index.json names for the containerd image store (docs/architecture.md, "Docker's
+    stores"): each tag ref names the top descriptor; each digest ref names the descriptor of
+    that digest. It resolves ``repo@digest`` (and ``repo:tag@digest``) to any image of that
+    repository whose target has the digest, so a digest the cache has no manifest for can't
+    be named at all."""
     names: dict[str, Descriptor] = {}
     top = _top(plan)
     for ref in plan.wanted.refs:
