@@ -11,7 +11,7 @@ import json
 import posixpath
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -31,8 +31,8 @@ from forklift_boot.cache import (
     build_oci_manifest,
 )
 from forklift_boot.errors import CacheError, EngineError
+from forklift_boot.images import ByteCounter
 
-ByteCounter = Callable[[int], None]
 _TAR_MAGIC_OFFSET = 257
 GZIP_WBITS_AUTO = 47  # zlib: detect a gzip or zlib header
 

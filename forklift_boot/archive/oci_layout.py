@@ -11,8 +11,7 @@ blobs it brought.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from forklift_boot.archive import ImportedLayout
 from forklift_boot.cache import INDEX_MEDIA_TYPES, CacheReader, CacheWriter, Descriptor
@@ -20,6 +19,7 @@ from forklift_boot.cache.selection import choose_platform_manifest
 from forklift_boot.cache.walk import walk_blobs
 from forklift_boot.errors import EngineError
 from forklift_boot.images import CopiedImage
+from forklift_boot.platforms import platform_object
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,3 @@ def config_digest_of(reader: CacheReader, manifest: Descriptor, name: str) -> st
     if not isinstance(digest, str):
         raise EngineError(f"the manifest of {name} has no config")
     return digest
-
-
-def platform_object(config: Mapping[str, Any]) -> dict[str, str]:
-    """An image index's ``platform`` object for an image config."""
-    platform = {
-        "os": str(config.get("os", "linux")),
-        "architecture": str(config.get("architecture", "")),
-    }
-    if config.get("variant"):
-        platform["variant"] = str(config["variant"])
-    return platform

@@ -20,7 +20,7 @@ from forklift_boot.cli import transfer as transfer_
 from forklift_boot.cli.output import configure_logging
 from forklift_boot.errors import ForkliftBootError
 from forklift_boot.report import DEFAULT_JOBS
-from forklift_boot.stores.containerd import store as containerd_store
+from forklift_boot.stores.containerd import ctr as containerd_store
 
 DEFAULT_COMPRESSION = "gzip"
 

@@ -22,9 +22,12 @@ from forklift_boot.images import ImageSource, Wanted, plan_load
 from forklift_boot.platforms import default_platform, format_platform, matches, parse_platform
 from forklift_boot.refs import parse_image_ref
 from forklift_boot.requirements import RequiredImage
-from forklift_boot.stores.containerd.store import ContainerdSource, ContainerdTarget, Ctr
+from forklift_boot.stores.containerd.ctr import Ctr
+from forklift_boot.stores.containerd.source import ContainerdSource
+from forklift_boot.stores.containerd.target import ContainerdTarget
 from forklift_boot.stores.docker.engine import DockerEngine
-from forklift_boot.stores.docker.store import DockerSource, DockerTarget
+from forklift_boot.stores.docker.source import DockerSource
+from forklift_boot.stores.docker.target import DockerTarget
 from forklift_boot.stores.registry.auth import CredentialStore
 from forklift_boot.stores.registry.client import RegistryClient
 from forklift_boot.stores.registry.source import RegistrySource

@@ -28,7 +28,14 @@ from forklift_boot.cache import (
 )
 from forklift_boot.errors import CacheError, ForkliftBootError, RegistryError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
-from forklift_boot.platforms import Platform, best_match, matches, parse_platform, platform_of
+from forklift_boot.platforms import (
+    Platform,
+    best_match,
+    matches,
+    parse_platform,
+    platform_object,
+    platform_of,
+)
 from forklift_boot.refs import ImageRef
 from forklift_boot.report import DEFAULT_JOBS
 from forklift_boot.stores.registry.client import (
@@ -449,7 +456,4 @@ def _config_platform(data: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(config, dict) or not config.get("architecture"):
         return None
-    platform = {"architecture": str(config["architecture"]), "os": str(config.get("os", "linux"))}
-    if config.get("variant"):
-        platform["variant"] = str(config["variant"])
-    return platform
+    return platform_object(config)
