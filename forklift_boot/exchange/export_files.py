@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from forklift_boot.archive import Prefixed
+from forklift_boot.archive.streams import Prefixed
 from forklift_boot.cache import BUFFER_SIZE, CacheReader, Descriptor
 from forklift_boot.errors import CacheError, ForkliftBootError
 

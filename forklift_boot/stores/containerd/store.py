@@ -19,8 +19,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from forklift_boot.archive import ArchiveImage, import_oci_layout, write_load_archive
-from forklift_boot.archive.oci_layout import copied_from_layout, platform_object
+from forklift_boot.archive.load_archive import ArchiveImage, write_load_archive
+from forklift_boot.archive.oci_layout import (
+    copied_from_layout,
+    import_oci_layout,
+    platform_object,
+)
 from forklift_boot.cache import (
     BUFFER_SIZE,
     INDEX_MEDIA_TYPES,

@@ -7,13 +7,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from forklift_boot.archive import (
-    ArchiveImage,
-    import_docker_save,
+from forklift_boot.archive.docker_save import import_docker_save
+from forklift_boot.archive.load_archive import ArchiveImage, write_load_archive
+from forklift_boot.archive.oci_layout import (
+    copied_from_layout,
+    drop_other_platforms,
     import_oci_layout,
-    write_load_archive,
 )
-from forklift_boot.archive.oci_layout import copied_from_layout, drop_other_platforms
 from forklift_boot.cache import (
     INDEX_MEDIA_TYPES,
     MEDIA_OCI_LAYER_GZIP,
