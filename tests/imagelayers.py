@@ -168,8 +168,11 @@ def put_image(
     *,
     compression: str = "gzip",
     style: str = "oci",
+    media_type: str | None = None,
 ) -> StoredImage:
-    """Stores an image of these (uncompressed) layer tars in the cache with its writer API."""
+    """Stores an image of these (uncompressed) layer tars in the cache with its writer API;
+    ``media_type`` labels the layers instead of the one ``compression`` calls for (a wrong
+    label, as some images have)."""
     stored = StoredImage(ref)
     with ImageCache(cache_dir).writing() as writer:
         manifest = _write_manifest(
@@ -179,6 +182,7 @@ def put_image(
             style=style,
             stored=stored,
             architecture="amd64",
+            media_type=media_type,
         )
         canonical = parse_image_ref(ref).with_default_tag().canonical
         writer.put_images([CachedImage(canonical, (ref,), manifest, platform="linux/amd64")])
@@ -228,11 +232,12 @@ def _write_manifest(
     style: str,
     stored: StoredImage,
     architecture: str,
+    media_type: str | None = None,
 ) -> Descriptor:
     descriptors = []
     for layer in layers:
         descriptor = writer.write_blob(
-            compress(layer, compression), layer_media_type(compression, style)
+            compress(layer, compression), media_type or layer_media_type(compression, style)
         )
         descriptors.append(descriptor)
         stored.layer_digests.append(descriptor.digest)

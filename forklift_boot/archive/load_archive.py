@@ -126,6 +126,7 @@ def write_docker_archive(
     A tar header needs the size first, so a compressed layer is read twice: once to count its
     uncompressed bytes, once to stream them.
     """
+    what = next(iter(sorted(image.names)), image.manifest.digest)  # for messages
     config_name = image.config.digest.removeprefix("sha256:") + ".json"
     yield _tar_header(config_name, image.config.size)
     yield from _blob_chunks(reader, image.config)
@@ -134,9 +135,9 @@ def write_docker_archive(
     for layer, diff_id in zip(image.layers, diff_ids, strict=True):
         name = diff_id.removeprefix("sha256:") + "/layer.tar"
         layer_names.append(name)
-        size = sum(len(chunk) for chunk in uncompressed_chunks(reader, layer))
+        size = sum(len(chunk) for chunk in uncompressed_chunks(reader, what, layer))
         yield _tar_header(name, size)
-        yield from uncompressed_chunks(reader, layer)
+        yield from uncompressed_chunks(reader, what, layer)
         yield _padding(size)
     manifest = [{"Config": config_name, "RepoTags": list(image.repo_tags), "Layers": layer_names}]
     yield from _tar_file("manifest.json", json.dumps(manifest).encode())

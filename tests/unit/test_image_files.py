@@ -27,7 +27,14 @@ import pytest
 
 import forklift_boot
 from forklift_boot import cli
-from forklift_boot.cache import MEDIA_OCI_LAYER_GZIP, CacheReader, Descriptor, ImageCache
+from forklift_boot.cache import (
+    MEDIA_OCI_LAYER,
+    MEDIA_OCI_LAYER_GZIP,
+    MEDIA_OCI_LAYER_ZSTD,
+    CacheReader,
+    Descriptor,
+    ImageCache,
+)
 from forklift_boot.errors import ForkliftBootError
 from forklift_boot.exchange.export_files import ExportResult, export_image_path
 from forklift_boot.images import Wanted, plan_load
@@ -46,6 +53,7 @@ from tests.imagelayers import (
     opaque,
     put_image,
     put_index,
+    sha256,
     symlink,
     whiteout,
 )
@@ -601,6 +609,64 @@ def test_without_platform_both_exports_take_the_hosts(
         argv = ["--cache-dir", str(cache_dir), "cache", "export-img", *options, ref]
         assert cli.main([*argv, "-o", str(archive)], env={"HOME": "/nonexistent"}) == 0
         assert _archive_architecture(archive) == arch, (ref, options)
+
+
+# What each layer blob holds, and what its media type says (None: the right type).
+EXPORT_IMG_LAYERS = [
+    *((compression, None) for compression in COMPRESSIONS),
+    ("none", MEDIA_OCI_LAYER_GZIP),
+    ("gzip", MEDIA_OCI_LAYER),
+    ("zstd", MEDIA_OCI_LAYER_GZIP),
+    ("gzip", MEDIA_OCI_LAYER_ZSTD),
+]
+
+
+@pytest.mark.parametrize(("compression", "media_type"), EXPORT_IMG_LAYERS)
+def test_export_img_writes_every_layer_uncompressed(
+    cache_dir: Path, out_dir: Path, compression: str, media_type: str | None
+) -> None:
+    """A docker-archive's ``layer.tar`` files are the layers' tars, whatever the blobs'
+    compression (gzip, zstd, none) and whatever their media types say: ``docker load`` and
+    dive read them as plain tars."""
+    layers = [
+        layer_tar(directory("d"), file("d/random", os.urandom(300_000))),
+        layer_tar(file("zeros", bytes(2_000_000)), whiteout("d/random")),
+    ]
+    put_image(cache_dir, REF, layers, compression=compression, media_type=media_type)
+    archive = out_dir / "img.tar"
+    argv = ["--cache-dir", str(cache_dir), "cache", "export-img", REF, "-o", str(archive)]
+    assert cli.main(argv, env={"HOME": "/nonexistent"}) == 0
+    with tarfile.open(archive) as tar:
+        manifest_file = tar.extractfile("manifest.json")
+        assert manifest_file is not None
+        [image] = json.load(manifest_file)
+        assert image["Layers"] == [sha256(layer)[7:] + "/layer.tar" for layer in layers]
+        written = []
+        for name in image["Layers"]:
+            member = tar.extractfile(name)
+            assert member is not None
+            written.append(member.read())
+    assert written == layers
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_export_img_of_a_damaged_layer_fails_with_one_line(
+    capsys: Capture, cache_dir: Path, out_dir: Path, compression: str
+) -> None:
+    payload = os.urandom(64 << 10)  # incompressible, so a flipped byte stays in file data
+    stored = put_image(cache_dir, REF, [layer_tar(file("f", payload))], compression=compression)
+    blob = cache_dir / "blobs/sha256" / stored.layer_digests[0].removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    argv = ["--cache-dir", str(cache_dir), "cache", "export-img", REF]
+    code = cli.main([*argv, "-o", str(out_dir / "img.tar")], env={"HOME": "/nonexistent"})
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert stored.layer_digests[0] in err
+    assert list(out_dir.iterdir()) == []
 
 
 def _archive_architecture(path: Path) -> str:

@@ -26,13 +26,13 @@ import logging
 import tarfile
 from pathlib import Path
 
+from forklift_boot.archive.layers import open_layer
 from forklift_boot.cache import Descriptor
 from forklift_boot.errors import ForkliftBootError
 from forklift_boot.exchange.export_files.disk import _Disk, _remove_path
 from forklift_boot.exchange.export_files.reading import (
     _drain,
     _forget_members,
-    _open_layer,
     _open_tar,
 )
 from forklift_boot.exchange.export_files.tree import (
@@ -274,7 +274,7 @@ class _Applier(_Disk):
 
     def _copy_pending(self, layer: Descriptor) -> None:
         found: dict[Parts, _Meta | None] = {}
-        with _open_layer(self.reader, self.image, layer) as stream, _open_tar(stream) as tar:
+        with open_layer(self.reader, self.image, layer) as stream, _open_tar(stream) as tar:
             ordinal = 0
             while (member := tar.next()) is not None:
                 parts = tuple(p for p in member.name.split("/") if p not in ("", "."))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from forklift_boot.archive.layers import open_layer, read_errors
 from forklift_boot.cache import CacheReader, Descriptor
 from forklift_boot.errors import ForkliftBootError
 from forklift_boot.exchange.export_files.apply import _Applier
@@ -20,9 +21,7 @@ from forklift_boot.exchange.export_files.output import _TarOutput
 from forklift_boot.exchange.export_files.reading import (
     _drain,
     _forget_members,
-    _open_layer,
     _open_tar,
-    _reading,
 )
 from forklift_boot.exchange.export_files.tree import (
     _IMPLICIT_DIR,
@@ -145,8 +144,8 @@ class _Extraction(_Applier, _TarOutput):
             # directory.
             self.root.layer = number
             self.root.meta = _IMPLICIT_DIR
-            with _reading(self.image, layer):
-                with _open_layer(self.reader, self.image, layer) as stream:
+            with read_errors(self.image, layer):
+                with open_layer(self.reader, self.image, layer) as stream:
                     with _open_tar(stream) as tar:
                         ordinal = 0
                         while (member := tar.next()) is not None:
