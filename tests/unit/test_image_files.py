@@ -8,6 +8,7 @@ real dockerd.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -48,11 +49,14 @@ from tests.imagelayers import (
     directory,
     fifo,
     file,
+    gzip_with_zeros,
     hardlink,
     layer_tar,
     opaque,
+    put_blobs,
     put_image,
     put_index,
+    raw_entries,
     sha256,
     symlink,
     whiteout,
@@ -1000,3 +1004,259 @@ def test_each_layer_is_read_once_unless_a_symlink_leads_elsewhere(
     except ForkliftBootError:
         assert source == "no/such"
     assert reader.opened == stored.layer_digests * reads
+
+
+# --- hostile layers: bounded memory, time and disk (issue 14, item 4) -------------------------
+
+GIB = 1 << 30
+TIB = 1 << 40
+SECRET_MARKER = b"unrelated file beside the destination\n"
+
+
+def run_bounded(
+    tmp_path: Path, cache_dir: Path, *argv: str, memory: int = GIB, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """``cache export-file`` in a child whose address space is capped and which must finish in
+    time; $TMPDIR is ``tmp_path/tmpdir``. Hang and memory guards, generous against a normal
+    export (well under 200 MB and a second here), not benchmarks."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))\n"
+        "from forklift_boot import cli\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", code, "--cache-dir", str(cache_dir), "cache", "export-file"]
+    env = {
+        "HOME": "/nonexistent",
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(forklift_boot.__file__).parents[1]),
+        "TMPDIR": str(tmpdir),
+    }
+    return subprocess.run(
+        [*command, REF, *argv], env=env, capture_output=True, timeout=timeout, check=False
+    )
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[bytes], *words: str) -> str:
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("Error: couldn't export "), err
+    for word in words:
+        assert word in lines[0]
+    return lines[0]
+
+
+def marked_dir(path: Path) -> Path:
+    """A directory holding one unrelated file, which an export into it must leave alone."""
+    path.mkdir(exist_ok=True)
+    (path / "marker").write_bytes(SECRET_MARKER)
+    return path
+
+
+def assert_only_marker(path: Path) -> None:
+    assert [p.name for p in path.iterdir()] == ["marker"]
+    assert (path / "marker").read_bytes() == SECRET_MARKER
+
+
+def extended_header(kind: bytes, size: int) -> bytes:
+    """A tar header of ``kind`` (PAX ``x``, GNU long name ``L`` or long link ``K``) whose data,
+    ``size`` bytes, follows it."""
+    info = tarfile.TarInfo("././@LongLink" if kind in (b"L", b"K") else "././@PaxHeader")
+    info.type = kind
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, b"K"])
+def test_a_huge_extended_header_is_refused_in_bounded_memory(
+    tmp_path: Path, cache_dir: Path, kind: bytes
+) -> None:
+    """A 1.5 GiB PAX record, long name or long link (zeros, a few MB of gzip) used to be read
+    whole: 3.2 GB, then a MemoryError traceback under a memory limit. Headers are capped at
+    1 MiB: the export stops with one line, under a 1 GiB address-space limit."""
+    claimed = 3 * GIB // 2
+    layer = gzip_with_zeros(extended_header(kind, claimed), claimed, layer_tar(file("f", b"f")))
+    put_blobs(cache_dir, REF, [layer], MEDIA_OCI_LAYER_GZIP)
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(out / "dest"))
+    assert_one_line_error(done, "headers take more than 1 MiB", "refusing to extract it")
+    assert_only_marker(out)
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+def test_a_long_chain_of_extended_headers_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    """tarfile reads each extended header by recursing into the next: 2,000 long names in a
+    row (2 MB, a few KB of gzip) ended in a RecursionError traceback."""
+    record = extended_header(tarfile.GNUTYPE_LONGNAME, 512) + b"n".ljust(512, b"\0")
+    layer = gzip.compress(record * 2000 + layer_tar(file("f", b"f")), mtime=0)
+    put_blobs(cache_dir, REF, [layer], MEDIA_OCI_LAYER_GZIP)
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(out / "dest"))
+    assert_one_line_error(done, "more than 32 extended headers in a row")
+    assert_only_marker(out)
+
+
+def test_ordinary_extended_headers_pass(cache_dir: Path, out_dir: Path) -> None:
+    """What real layers hold: PAX records for long names, links and times, a GNU long name."""
+    name = "/".join(["d" * 100] * 10)  # 1 KB: a PAX path, then a GNU long name
+    layer = raw_entries(*(directory("/".join(["d" * 100] * n)) for n in range(1, 11)))
+    gnu = tarfile.TarInfo(f"{name}/gnu")
+    gnu.size = 3
+    layer += gnu.tobuf(format=tarfile.GNU_FORMAT) + b"gnu".ljust(512, b"\0")
+    layer += layer_tar(file(f"{name}/pax", b"pax", mtime=MTIME))
+    put_image(cache_dir, REF, [layer])
+    export(cache_dir, "/", out_dir / "root")
+    assert (out_dir / "root" / name / "gnu").read_bytes() == b"gnu"
+    assert (out_dir / "root" / name / "pax").read_bytes() == b"pax"
+
+
+def sparse_member(style: str, name: str, fragments: list[tuple[int, bytes]], size: int) -> bytes:
+    """A sparse file's tar entry as GNU tar writes it: ``pax`` (format 0.1, the map in PAX
+    records) or ``gnu`` (the old ``S`` type, the map in the header; at most 4 fragments)."""
+    data = b"".join(chunk for _, chunk in fragments)
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = MTIME
+    if style == "pax":
+        info.pax_headers = {
+            "GNU.sparse.size": str(size),
+            "GNU.sparse.numblocks": str(len(fragments)),
+            "GNU.sparse.map": ",".join(f"{offset},{len(chunk)}" for offset, chunk in fragments),
+        }
+        header = info.tobuf(format=tarfile.PAX_FORMAT)
+    else:
+        assert len(fragments) <= 4
+        info.type = tarfile.GNUTYPE_SPARSE
+        raw = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+        for number, (offset, chunk) in enumerate(fragments):
+            at = 386 + 24 * number
+            raw[at : at + 12] = _tar_number(offset)
+            raw[at + 12 : at + 24] = _tar_number(len(chunk))
+        raw[483:495] = _tar_number(size)
+        raw[148:156] = b" " * 8
+        raw[148:155] = b"%06o\0" % sum(raw)
+        header = bytes(raw)
+    return header + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def _tar_number(value: int) -> bytes:
+    """A 12-byte tar number field: octal, or GNU's base-256 (a leading 0x80) when too big."""
+    if value < 8**11:
+        return b"%011o\0" % value
+    return b"\x80" + value.to_bytes(11, "big")
+
+
+def sparse_layer(style: str) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A layer of a few KB holding a sparse file of 1 TiB: data at its start and its end."""
+    fragments = [(0, os.urandom(5000)), (TIB - 4096, os.urandom(4096))]
+    entry = sparse_member(style, "big/file", fragments, TIB)
+    return raw_entries(directory("big")) + entry + bytes(1024), fragments
+
+
+@pytest.mark.parametrize("style", ["pax", "gnu"])
+def test_a_sparse_file_stays_sparse(tmp_path: Path, cache_dir: Path, style: str) -> None:
+    """A sparse member claiming 1 TiB used to be written out, zeros and all (1.8 GB in 6 s):
+    its holes are now seeked over, so the file takes what its data takes."""
+    layer, fragments = sparse_layer(style)
+    put_image(cache_dir, REF, [layer])
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "big", "-o", str(out / "big"), timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    written = out / "big" / "file"
+    status = written.stat()
+    assert status.st_size == TIB
+    assert status.st_blocks * 512 < 1 << 20  # the data's blocks, not a TiB of zeros
+    with written.open("rb") as opened:
+        for offset, chunk in fragments:
+            opened.seek(offset)
+            assert opened.read(len(chunk)) == chunk
+        opened.seek(5000)
+        assert opened.read(1 << 16) == bytes(1 << 16)  # a hole reads as zeros
+    assert sorted(p.name for p in out.iterdir()) == ["big", "marker"]
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+@pytest.mark.parametrize("style", ["pax", "gnu"])
+def test_a_sparse_file_is_refused_for_a_tar_on_stdout(
+    tmp_path: Path, cache_dir: Path, style: str
+) -> None:
+    """A tar stream can't keep it sparse: it would carry 1 TiB of zeros."""
+    put_image(cache_dir, REF, [sparse_layer(style)[0]])
+    done = run_bounded(tmp_path, cache_dir, "big", "-o", "-", timeout=60)
+    assert_one_line_error(done, "'big/file' is a sparse file of 1.0 TiB", "-o DEST")
+    assert done.stdout == b""
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+def test_a_sparse_map_out_of_order_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    fragments = [(8192, b"b" * 512), (0, b"a" * 512)]
+    layer = sparse_member("pax", "f", fragments, 16384) + bytes(1024)
+    put_image(cache_dir, REF, [layer])
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(out / "dest"))
+    assert_one_line_error(done, "'f' has a sparse map that doesn't fit its size")
+    assert_only_marker(out)
+
+
+@pytest.fixture
+def small_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A 8 MiB tmpfs (root only), holding a marker file."""
+    path = tmp_path / "small"
+    path.mkdir()
+    mounted = os.geteuid() == 0 and (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    if not mounted:
+        require_component(request.config, "needs root and mount to make a small tmpfs")
+    try:
+        yield marked_dir(path)
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_file_bigger_than_the_free_space_is_refused_before_writing(
+    tmp_path: Path, cache_dir: Path, small_fs: Path
+) -> None:
+    """64 MiB of zeros (64 KB of gzip) for an 8 MiB filesystem: refused before a byte is
+    written, not once the disk is full."""
+    entry = tarfile.TarInfo("zeros")
+    entry.size = 64 << 20
+    layer = gzip_with_zeros(entry.tobuf(format=tarfile.PAX_FORMAT), 64 << 20, bytes(1024))
+    put_blobs(cache_dir, REF, [layer], MEDIA_OCI_LAYER_GZIP)
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(small_fs / "dest"))
+    line = assert_one_line_error(done, "'zeros' needs 64 MiB, more than the ")
+    assert f"free in {small_fs}; free some space" in line
+    assert_only_marker(small_fs)
+    # A tar on stdout stages the tree under $TMPDIR first: the same check there.
+    tmpdir = tmp_path / "tmpdir"
+    subprocess.run(["mount", "--bind", str(small_fs), str(tmpdir)], check=True)
+    try:
+        done = run_bounded(tmp_path, cache_dir, "/", "-o", "-")
+        assert_one_line_error(done, "'zeros' needs 64 MiB", "set TMPDIR to a larger one")
+        assert done.stdout == b""
+        assert_only_marker(tmpdir)
+    finally:
+        subprocess.run(["umount", str(tmpdir)], check=True)
+
+
+def test_running_out_of_space_midway_stops_with_one_line(
+    tmp_path: Path, cache_dir: Path, small_fs: Path
+) -> None:
+    """Twelve files of 1 MiB, each fitting alone, for 8 MiB: the export stops at the one
+    that doesn't fit, and leaves nothing behind."""
+    layer = layer_tar(*(file(f"f{n:02}", os.urandom(1 << 20)) for n in range(12)))
+    put_image(cache_dir, REF, [layer])
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(small_fs / "dest"))
+    assert_one_line_error(done, "needs 1.0 MiB, more than the ", f"free in {small_fs}")
+    assert_only_marker(small_fs)

@@ -18,9 +18,9 @@ import tarfile
 import tempfile
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from forklift_boot.cache import BUFFER_SIZE
+from forklift_boot.cache import BUFFER_SIZE, human_bytes
 from forklift_boot.errors import ForkliftBootError
 from forklift_boot.exchange.export_files.tree import (
     CHAR_DEVICE,
@@ -38,8 +38,13 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 _REWRITE_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+_Data = tuple[tarfile.TarFile, tarfile.TarInfo]  # a file's data: its member in the layer
+
+
 class _Disk(_Tree):
     """Creates the tree's entries under ``work_root``."""
+
+    _free: int | None = None  # bytes free under work_root, as last asked less what was written
 
     def _create(
         self, parts: Parts, node: _Node, member: tarfile.TarInfo, tar: tarfile.TarFile
@@ -49,7 +54,7 @@ class _Disk(_Tree):
         if kind == DIRECTORY:
             self._mkdir(path)
         elif kind == FILE:
-            self._create_file(path, tar.extractfile(member), node.meta)
+            self._create_file(path, (tar, member), node.meta)
             node.on_disk = True
             return
         elif kind == SYMLINK:
@@ -80,15 +85,16 @@ class _Disk(_Tree):
         if kind != DIRECTORY:  # directories get theirs at the end
             self._set_meta(path, node.meta, kind)
 
-    def _create_file(self, path: Path, data: IO[bytes] | None, meta: _Meta | None) -> None:
-        """A new file with ``data``, and ``meta`` set through its descriptor (as tar does: no
-        path lookups, nothing followed)."""
+    def _create_file(self, path: Path, data: _Data | None, meta: _Meta | None) -> None:
+        """A new file with the data of ``data``'s member, and ``meta`` set through its
+        descriptor (as tar does: no path lookups, nothing followed)."""
         try:
             fd = os.open(path, _CREATE_FLAGS, 0o600)
         except OSError as err:
             raise self.write_error(path, err) from err
         try:
-            self._write_data(fd, path, data)
+            if data is not None:
+                self._write_data(fd, path, *data)
             if meta is not None and not self.options.to_tar:  # tar: as in _set_meta
                 try:
                     if self.options.preserve_owner:
@@ -107,13 +113,43 @@ class _Disk(_Tree):
         except OSError as err:
             raise self.write_error(path, err) from err
         try:
-            self._write_data(fd, path, tar.extractfile(member))
+            self._write_data(fd, path, tar, member)
         finally:
             os.close(fd)
 
-    def _write_data(self, fd: int, path: Path, data: IO[bytes] | None) -> None:
+    def _write_data(
+        self, fd: int, path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo
+    ) -> None:
+        """Writes the member's data; a sparse member's holes stay holes (a 10 KB layer may
+        hold a sparse file of 1 TiB), and nothing is written that the filesystem has no room
+        for."""
+        data = tar.extractfile(member)
+        if data is None:
+            return
+        fragments = self._fragments(member)
+        self._reserve(member, sum(size for _, size in fragments))
+        if fragments == [(0, member.size)]:
+            self._copy(fd, path, data, member.size)
+            return
+        # The unbuffered reader under the buffered one: it moves over a hole without reading
+        # (the buffered one asks the stream whether it can seek, which a stream can't say).
+        raw: IO[bytes] = cast(Any, data).raw
+        for offset, size in fragments:
+            raw.seek(offset)
+            try:
+                os.lseek(fd, offset, os.SEEK_SET)
+            except OSError as err:
+                raise self.write_error(path, err) from err
+            self._copy(fd, path, raw, size)
+        try:
+            os.ftruncate(fd, member.size)  # a hole at the end too
+        except OSError as err:
+            raise self.write_error(path, err) from err
+
+    def _copy(self, fd: int, path: Path, data: IO[bytes], size: int) -> None:
         # Reading errors (a damaged layer) pass through; writing errors name the file.
-        while data is not None and (chunk := data.read(BUFFER_SIZE)):
+        while size > 0 and (chunk := data.read(min(BUFFER_SIZE, size))):
+            size -= len(chunk)
             view = memoryview(chunk)
             while view:
                 try:
@@ -122,6 +158,52 @@ class _Disk(_Tree):
                     raise self.write_error(path, err) from err
                 view = view[written:]
             self.bytes_written += len(chunk)
+
+    def _fragments(self, member: tarfile.TarInfo) -> list[tuple[int, int]]:
+        """Where the member's data goes: (offset, size) pairs in order, holes between them."""
+        # typeshed says bytes; tarfile keeps the map as a list of pairs.
+        sparse = cast("list[tuple[int, int]] | None", member.sparse)
+        if sparse is None:
+            return [(0, member.size)]
+        # GNU tar's old format leaves unused map slots zero: (0, 0), which tarfile keeps.
+        sparse = [(offset, size) for offset, size in sparse if size != 0]
+        end = 0
+        for offset, size in sparse:
+            if offset < end or size < 0 or offset + size > member.size:
+                raise self._unsafe(member.name, "has a sparse map that doesn't fit its size")
+            end = offset + size
+        if self.options.to_tar and sum(size for _, size in sparse) < member.size:
+            raise ForkliftBootError(
+                f"couldn't export {self.source} from {self.image}: layer {self._digest} entry "
+                f"{member.name!r} is a sparse file of {human_bytes(member.size)}, which a tar "
+                "on standard output would carry whole, holes as zeros; export to a directory "
+                "(-o DEST), which keeps it sparse"
+            )
+        return list(sparse)
+
+    def _reserve(self, member: tarfile.TarInfo, size: int) -> None:
+        """Refuses to start writing ``size`` bytes that the filesystem has no room for: a
+        small layer may unpack into far more than the disk holds (a device's $TMPDIR is
+        often RAM). Free space is asked again only when the estimate runs short."""
+        if size <= 0:
+            return
+        if self._free is None or self._free < size:
+            where = self.work_root.parent
+            try:
+                status = os.statvfs(where)
+            except OSError as err:
+                raise self.write_error(where, err) from err
+            self._free = status.f_bavail * status.f_frsize
+        if size > self._free:
+            place = "the temporary directory's filesystem (set TMPDIR to a larger one)"
+            if not self.options.to_tar:
+                place = str(self.work_root.parent.parent)
+            raise ForkliftBootError(
+                f"couldn't export {self.source} from {self.image}: layer {self._digest} entry "
+                f"{member.name!r} needs {human_bytes(size)}, more than the "
+                f"{human_bytes(self._free)} free in {place}; free some space or export less"
+            )
+        self._free -= size
 
     def _mkdir(self, path: Path) -> None:
         try:

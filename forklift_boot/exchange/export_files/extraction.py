@@ -19,6 +19,7 @@ from forklift_boot.exchange.export_files.apply import _Applier
 from forklift_boot.exchange.export_files.disk import _remove_path
 from forklift_boot.exchange.export_files.output import _TarOutput
 from forklift_boot.exchange.export_files.reading import (
+    HeaderTooLarge,
     _drain,
     _forget_members,
     _open_tar,
@@ -144,17 +145,20 @@ class _Extraction(_Applier, _TarOutput):
             # directory.
             self.root.layer = number
             self.root.meta = _IMPLICIT_DIR
-            with read_errors(self.image, layer):
-                with open_layer(self.reader, self.image, layer) as stream:
-                    with _open_tar(stream) as tar:
-                        ordinal = 0
-                        while (member := tar.next()) is not None:
-                            self._apply(member, tar, ordinal)
-                            _forget_members(tar)
-                            ordinal += 1
-                    _drain(stream)  # reading to the end checks the blob's digest
-                if self._pending:
-                    self._copy_pending(layer)
+            try:
+                with read_errors(self.image, layer):
+                    with open_layer(self.reader, self.image, layer) as stream:
+                        with _open_tar(stream) as tar:
+                            ordinal = 0
+                            while (member := tar.next()) is not None:
+                                self._apply(member, tar, ordinal)
+                                _forget_members(tar)
+                                ordinal += 1
+                        _drain(stream)  # reading to the end checks the blob's digest
+                    if self._pending:
+                        self._copy_pending(layer)
+            except HeaderTooLarge as err:
+                raise self._unsafe_layer(str(err)) from None
 
     def finish(self) -> None:
         """Checks that SOURCE was found, then gives directories their modes and times (last,

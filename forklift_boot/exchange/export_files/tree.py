@@ -202,6 +202,12 @@ class _Tree:
             f"{entry!r} {problem}; refusing to extract it"
         )
 
+    def _unsafe_layer(self, problem: str) -> ForkliftBootError:
+        return ForkliftBootError(
+            f"couldn't export {self.source} from {self.image}: layer {self._digest} {problem}; "
+            "refusing to extract it"
+        )
+
     def write_error(self, path: Path, err: OSError) -> ForkliftBootError:
         return ForkliftBootError(
             f"couldn't export {self.source} from {self.image}: couldn't write under "
