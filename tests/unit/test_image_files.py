@@ -96,6 +96,8 @@ def tree(root: Path) -> dict[str, tuple[Any, ...]]:
             found[rel] = ("fifo", mode)
         elif stat.S_ISCHR(st.st_mode):
             found[rel] = ("char", mode, os.major(st.st_rdev), os.minor(st.st_rdev))
+        elif stat.S_ISBLK(st.st_mode):
+            found[rel] = ("block", mode, os.major(st.st_rdev), os.minor(st.st_rdev))
         else:
             found[rel] = ("other",)
     return found
@@ -382,10 +384,12 @@ def test_modes_times_and_owners(cache_dir: Path, out_dir: Path) -> None:
             file("t/ro/inside", b"i", mode=0o444, mtime=MTIME + 5),
             symlink("t/link", "secret", uid=1000, gid=1001, mtime=MTIME + 6),
             directory("t/sticky", mode=0o1777, mtime=MTIME + 7),
+            directory("t/shared", mode=0o2775, mtime=MTIME + 8),
         )
     ]
     put_image(cache_dir, REF, layers)
-    export(cache_dir, "t", out_dir / "t")
+    result = export(cache_dir, "t", out_dir / "t", keep_setid=True)
+    assert result.setid_dropped == ()
     expected = {
         ".": (0o750, 1000, 1001, MTIME + 1),
         "suid": (0o4755, 0, 0, MTIME + 2),
@@ -393,6 +397,7 @@ def test_modes_times_and_owners(cache_dir: Path, out_dir: Path) -> None:
         "ro": (0o555, 0, 0, MTIME + 4),
         "ro/inside": (0o444, 0, 0, MTIME + 5),
         "sticky": (0o1777, 0, 0, MTIME + 7),
+        "shared": (0o2775, 0, 0, MTIME + 8),
     }
     for rel, (mode, uid, gid, mtime) in expected.items():
         st = (out_dir / "t" / rel).lstat()
@@ -408,6 +413,12 @@ def test_modes_times_and_owners(cache_dir: Path, out_dir: Path) -> None:
     export(cache_dir, "t", out_dir / "mine", preserve_owner=False)
     assert (out_dir / "mine/secret").stat().st_uid == os.geteuid()
     assert stat.S_IMODE((out_dir / "mine/secret").stat().st_mode) == 0o600
+    # By default a file's set-user-ID bit is dropped (and named); a directory's set-group-ID
+    # bit, which only picks its entries' group, stays.
+    result = export(cache_dir, "t", out_dir / "default")
+    assert stat.S_IMODE((out_dir / "default/suid").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out_dir / "default/shared").stat().st_mode) == 0o2775
+    assert result.setid_dropped == (str(out_dir / "default/suid"),)
 
 
 def test_device_nodes_and_fifos(
@@ -417,17 +428,17 @@ def test_device_nodes_and_fifos(
         require_component(request.config, "device nodes need root")
     layers = [layer_tar(directory("n"), char_device("n/null", 1, 3), fifo("n/pipe"))]
     put_image(cache_dir, REF, layers)
-    result = export(cache_dir, "n", out_dir / "root")
+    result = export(cache_dir, "n", out_dir / "root", keep_devices=True)
     assert tree(out_dir / "root") == {
         ".": ("dir", 0o755),
         "null": ("char", 0o666, 1, 3),
         "pipe": ("fifo", 0o640),
     }
     assert result.skipped == ()
-    # Where mknod isn't allowed (not root), devices are left out and named; fifos still made.
-    result = export(cache_dir, "n", out_dir / "user", create_devices=False)
-    assert tree(out_dir / "user") == {".": ("dir", 0o755), "pipe": ("fifo", 0o640)}
-    assert result.skipped == (str(out_dir / "user" / "null"),)
+    # Unless asked for, devices are left out and named, even as root; fifos are still made.
+    result = export(cache_dir, "n", out_dir / "default")
+    assert tree(out_dir / "default") == {".": ("dir", 0o755), "pipe": ("fifo", 0o640)}
+    assert result.skipped == (str(out_dir / "default" / "null"),)
 
 
 # --- SOURCE and DEST --------------------------------------------------------------------------
@@ -560,18 +571,24 @@ def test_a_tar_on_stdout(capsysbinary: pytest.CaptureFixture[bytes], cache_dir: 
             hardlink("srv/b", "srv/a", mode=0o640, uid=5, gid=6),
             symlink("srv/c", "/srv/a"),
             char_device("srv/null", 1, 3),
+            file("srv/s", b"s", mode=0o6755),
         )
     ]
     put_image(cache_dir, REF, layers)
-    code = cli.main(
-        ["--cache-dir", str(cache_dir), "cache", "export-file", REF, "srv", "-o", "-"],
-        env={"HOME": "/nonexistent"},
-    )
+    argv = ["--cache-dir", str(cache_dir), "cache", "export-file", REF, "srv", "-o", "-"]
+    # By default, no device node and no set-ID bit, as for a directory.
+    assert cli.main(argv, env={"HOME": "/nonexistent"}) == 0
+    with tarfile.open(fileobj=io.BytesIO(capsysbinary.readouterr().out)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert list(members) == ["srv", "srv/a", "srv/b", "srv/c", "srv/s"]
+        assert members["srv/s"].mode == 0o755
+    code = cli.main([*argv, "--keep-devices", "--keep-setid"], env={"HOME": "/nonexistent"})
     assert code == 0
     data = capsysbinary.readouterr().out
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
-        assert list(members) == ["srv", "srv/a", "srv/b", "srv/c", "srv/null"]
+        assert list(members) == ["srv", "srv/a", "srv/b", "srv/c", "srv/null", "srv/s"]
+        assert members["srv/s"].mode == 0o6755
         assert (members["srv"].mode, members["srv"].uid, members["srv"].gid) == (0o750, 5, 6)
         a = members["srv/a"]
         assert (a.mode, a.uid, a.gid, a.mtime) == (0o640, 5, 6, MTIME)
@@ -1260,3 +1277,85 @@ def test_running_out_of_space_midway_stops_with_one_line(
     done = run_bounded(tmp_path, cache_dir, "/", "-o", str(small_fs / "dest"))
     assert_one_line_error(done, "needs 1.0 MiB, more than the ", f"free in {small_fs}")
     assert_only_marker(small_fs)
+
+
+# --- device nodes and set-ID bits (issue 14, item 14) ------------------------------------------
+
+
+def block_device(name: str, major: int, minor: int, *, mode: int = 0o666) -> Entry:
+    entry = char_device(name, major, minor, mode=mode)
+    entry.info.type = tarfile.BLKTYPE
+    return entry
+
+
+HOST_ASSETS_LAYERS = [
+    layer_tar(
+        directory("etc"),
+        file("etc/app.conf", b"conf\n"),
+        block_device("etc/disk", 8, 0),  # the host's first disk, writable by anyone
+        char_device("etc/mem", 1, 1),
+        file("etc/root-shell", b"#!/bin/sh\n", mode=0o4755),
+        file("etc/group-tool", b"#!/bin/sh\n", mode=0o2755),
+        hardlink("etc/root-shell-2", "etc/root-shell", mode=0o4755),
+        directory("etc/shared", mode=0o2775),
+    )
+]
+
+
+def test_device_nodes_and_set_id_bits_only_when_asked_for(
+    request: pytest.FixtureRequest, capsys: Capture, cache_dir: Path, tmp_path: Path
+) -> None:
+    """As root, an image's block device node (mode 0666) and set-user-ID root file used to
+    land on the host as they were. A file export is configuration and assets for the host:
+    without --keep-devices and --keep-setid there are no device nodes and no set-ID bits on
+    files, each said once in a warning."""
+    if os.geteuid() != 0:
+        require_component(request.config, "creating device nodes needs root")
+    put_image(cache_dir, REF, HOST_ASSETS_LAYERS)
+    out = marked_dir(tmp_path / "out")
+    code, _, err = run(capsys, cache_dir, REF, "etc", "-o", str(out / "etc"))
+    assert code == 0, err
+    assert tree(out / "etc") == {
+        ".": ("dir", 0o755),
+        "app.conf": ("file", 0o644, b"conf\n"),
+        "group-tool": ("file", 0o755, b"#!/bin/sh\n"),
+        "root-shell": ("file", 0o755, b"#!/bin/sh\n"),
+        "root-shell-2": ("file", 0o755, b"#!/bin/sh\n"),
+        "shared": ("dir", 0o2775),
+    }
+    assert (out / "etc/root-shell").stat().st_ino == (out / "etc/root-shell-2").stat().st_ino
+    warnings = [line for line in err.splitlines() if not line.startswith("exported ")]
+    assert warnings == [
+        f"Warning: left out 2 device nodes (--keep-devices keeps them): {out}/etc/disk, "
+        f"{out}/etc/mem",
+        "Warning: dropped the set-user-ID/set-group-ID bits of 3 files (--keep-setid keeps "
+        f"them): {out}/etc/group-tool, {out}/etc/root-shell, {out}/etc/root-shell-2",
+    ]
+    code, _, err = run(
+        capsys, cache_dir, REF, "etc", "-o", str(out / "kept"), "--keep-devices", "--keep-setid"
+    )
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"exported etc (directory) from {REF} to {out}/kept: 8 entries, 25 B of file data"
+    ]
+    kept = tree(out / "kept")
+    assert kept["disk"] == ("block", 0o666, 8, 0)
+    assert kept["mem"] == ("char", 0o666, 1, 1)
+    assert kept["root-shell"] == ("file", 0o4755, b"#!/bin/sh\n")
+    assert kept["group-tool"] == ("file", 0o2755, b"#!/bin/sh\n")
+    assert sorted(p.name for p in out.iterdir()) == ["etc", "kept", "marker"]
+    assert (out / "marker").read_bytes() == SECRET_MARKER
+
+
+def test_a_device_node_as_source_is_refused_unless_asked_for(
+    capsys: Capture, cache_dir: Path, out_dir: Path
+) -> None:
+    put_image(cache_dir, REF, HOST_ASSETS_LAYERS)
+    for output in (str(out_dir / "disk"), "-"):
+        code, _, err = run(capsys, cache_dir, REF, "etc/disk", "-o", output)
+        assert code == 1
+        assert err.strip().splitlines() == [
+            f"Error: couldn't export etc/disk from {REF}: /etc/disk is a block device, and "
+            "device nodes are left out unless asked for (--keep-devices)"
+        ]
+    assert list(out_dir.iterdir()) == []

@@ -35,21 +35,24 @@ def export_image_path(
     destination: Path,
     *,
     preserve_owner: bool | None = None,
-    create_devices: bool | None = None,
+    keep_devices: bool = False,
+    keep_setid: bool = False,
 ) -> ExportResult:
     """Writes SOURCE of the image whose layers are given (oldest first) to ``destination``.
 
     A file (or symlink, fifo, device) becomes the file ``destination``; a directory becomes the
     directory ``destination`` with its contents. ``destination``'s parent is created; an
     existing file is replaced by a file and an empty directory by a directory, anything else is
-    refused. Ownership is kept, and device nodes created, when running as root (as tar does);
-    otherwise device nodes are left out and listed in the result.
+    refused. Ownership is kept when running as root (as tar does). Device nodes are left out
+    and set-user-ID and set-group-ID bits dropped, both listed in the result, unless
+    ``keep_devices`` (as root: mknod needs it) or ``keep_setid``.
     """
     is_root = os.geteuid() == 0
     options = _Options(
         preserve_owner=is_root if preserve_owner is None else preserve_owner,
-        create_devices=is_root if create_devices is None else create_devices,
         display_root=str(destination),
+        keep_devices=keep_devices,
+        keep_setid=keep_setid,
     )
     _check_destination(destination, image, source)
     temp_dir = _make_temp_dir(destination, image, source)
@@ -72,12 +75,21 @@ def write_image_path_tar(
     out: IO[bytes],
     *,
     temp_parent: Path | None = None,
+    keep_devices: bool = False,
+    keep_setid: bool = False,
 ) -> ExportResult:
     """Writes SOURCE of the image as a tar stream, as ``docker cp CONTAINER:SOURCE -`` would:
-    entries named from SOURCE's last component (no prefix for the image root), owners, modes
-    and device nodes as in the image whoever runs it. The tree is built in a temporary
-    directory under ``temp_parent`` ($TMPDIR by default) first."""
-    options = _Options(preserve_owner=False, create_devices=False, display_root="-", to_tar=True)
+    entries named from SOURCE's last component (no prefix for the image root), owners and
+    modes as in the image whoever runs it, except that device nodes and set-user-ID and
+    set-group-ID bits are left out unless ``keep_devices`` or ``keep_setid``. The tree is
+    built in a temporary directory under ``temp_parent`` ($TMPDIR by default) first."""
+    options = _Options(
+        preserve_owner=False,
+        display_root="-",
+        to_tar=True,
+        keep_devices=keep_devices,
+        keep_setid=keep_setid,
+    )
     temp_dir = _make_temp_dir(None, image, source, parent=temp_parent)
     try:
         extraction = _extract(

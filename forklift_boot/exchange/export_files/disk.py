@@ -68,8 +68,8 @@ class _Disk(_Tree):
             except OSError as err:
                 raise self.write_error(path, err) from err
         else:
-            if not self.options.create_devices:
-                if not self.options.to_tar:
+            if self.options.to_tar or not self.options.keep_devices:
+                if not self.options.to_tar:  # a tar leaves them out when it is written
                     self.skipped.append(self._shown(parts))
                 return
             file_type = stat.S_IFCHR if kind == CHAR_DEVICE else stat.S_IFBLK
@@ -99,7 +99,7 @@ class _Disk(_Tree):
                 try:
                     if self.options.preserve_owner:
                         os.fchown(fd, meta.uid, meta.gid)  # before chmod: chown clears set-ID bits
-                    os.fchmod(fd, meta.mode)
+                    os.fchmod(fd, self._mode(meta, FILE))
                     if meta.mtime_ns is not None:
                         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
                 except OSError as err:
@@ -228,7 +228,7 @@ class _Disk(_Tree):
                 # Before chmod: chown clears set-user-ID bits.
                 os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
             if kind != SYMLINK:  # Linux has no symlink modes; the path is ours, not a link
-                os.chmod(path, meta.mode)
+                os.chmod(path, self._mode(meta, kind))
             if meta.mtime_ns is not None:
                 os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
         except OSError as err:

@@ -26,6 +26,8 @@ from forklift_boot.exchange.export_files.reading import (
 )
 from forklift_boot.exchange.export_files.tree import (
     _IMPLICIT_DIR,
+    BLOCK_DEVICE,
+    CHAR_DEVICE,
     DIRECTORY,
     Parts,
     _Options,
@@ -42,8 +44,9 @@ class ExportResult:
     kind: str  # DIRECTORY, FILE, SYMLINK, ...
     entries: int  # files, directories, links and nodes in the exported tree
     bytes_written: int  # file bytes written, including files that a later layer replaced
-    skipped: tuple[str, ...]  # device nodes left out (only root may create them)
+    skipped: tuple[str, ...]  # device nodes left out (not asked for, or not allowed)
     layer_passes: int  # 1, or 2 when a symlink in SOURCE's path led elsewhere
+    setid_dropped: tuple[str, ...] = ()  # files whose set-user/group-ID bits were left out
 
 
 def _extract(
@@ -171,6 +174,11 @@ class _Extraction(_Applier, _TarOutput):
                 f"couldn't export {self.source} from {self.image}: {where} doesn't exist in the "
                 "image"
             )
+        if node.kind in (CHAR_DEVICE, BLOCK_DEVICE) and not self.options.keep_devices:
+            raise ForkliftBootError(
+                f"couldn't export {self.source} from {self.image}: {where} is a {node.kind}, "
+                "and device nodes are left out unless asked for (--keep-devices)"
+            )
         if not node.on_disk and not self.options.to_tar:
             raise ForkliftBootError(
                 f"couldn't export {self.source} from {self.image}: {where} is a {node.kind}, "
@@ -204,4 +212,5 @@ class _Extraction(_Applier, _TarOutput):
             bytes_written=self.bytes_written,
             skipped=tuple(self.skipped),
             layer_passes=self.passes,
+            setid_dropped=tuple(self._setid_dropped()),
         )

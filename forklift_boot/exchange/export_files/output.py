@@ -55,7 +55,7 @@ class _TarOutput(_Tree):
     ) -> None:
         info = tarfile.TarInfo(name)
         meta = node.meta
-        info.mode = meta.mode
+        info.mode = self._mode(meta, node.kind)
         info.uid, info.gid = meta.uid, meta.gid
         path = self._disk_path(parts)
         status = os.lstat(path) if node.on_disk else None
@@ -82,6 +82,9 @@ class _TarOutput(_Tree):
         elif node.kind == FIFO:
             info.type = tarfile.FIFOTYPE
         elif node.kind in (CHAR_DEVICE, BLOCK_DEVICE):
+            if not self.options.keep_devices:
+                self.skipped.append(self._shown(parts))
+                return
             info.type = tarfile.CHRTYPE if node.kind == CHAR_DEVICE else tarfile.BLKTYPE
             info.devmajor, info.devminor = meta.devmajor, meta.devminor
         else:

@@ -7,6 +7,7 @@ directories and symlinks, which is what resolving SOURCE through in-image symlin
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,9 +78,12 @@ class _Pending:
 @dataclass(frozen=True)
 class _Options:
     preserve_owner: bool
-    create_devices: bool
     display_root: str  # the destination, for messages ("-" for a tar stream)
     to_tar: bool = False  # device nodes then go from the tree into the tar, not onto the disk
+    # A file export is configuration and assets for the host: device nodes and set-user-ID
+    # or set-group-ID bits from an image come only when asked for.
+    keep_devices: bool = False
+    keep_setid: bool = False
 
 
 class _Tree:
@@ -201,6 +205,24 @@ class _Tree:
             f"couldn't export {self.source} from {self.image}: layer {self._digest} entry "
             f"{entry!r} {problem}; refusing to extract it"
         )
+
+    def _mode(self, meta: _Meta, kind: str) -> int:
+        """The mode to give a path: without its set-user-ID and set-group-ID bits unless they
+        are kept (a directory's set-group-ID bit only picks its entries' group: it stays)."""
+        if kind == DIRECTORY or self.options.keep_setid:
+            return meta.mode
+        return meta.mode & ~(stat.S_ISUID | stat.S_ISGID)
+
+    def _setid_dropped(self) -> list[str]:
+        """The exported paths whose set-user-ID or set-group-ID bits were left out."""
+        if self.options.keep_setid:
+            return []
+        return [
+            self._shown(parts)
+            for parts, node in self.walk()
+            if node.kind not in (DIRECTORY, CHAR_DEVICE, BLOCK_DEVICE)
+            and node.meta.mode & (stat.S_ISUID | stat.S_ISGID)
+        ]
 
     def _unsafe_layer(self, problem: str) -> ForkliftBootError:
         return ForkliftBootError(
