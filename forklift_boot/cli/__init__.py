@@ -420,8 +420,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "whiteouts honoured, symlinks in SOURCE's path followed inside the image), to DEST, "
             "as Forklift's oci-image file exports place it: a file becomes the file DEST, a "
             "directory becomes the directory DEST. Modes, times, symlinks and hardlinks are "
-            "kept; owners and device nodes too when run as root. Built beside DEST and renamed "
-            "into place; a layer entry that would land outside DEST is refused."
+            "kept; owners too when run as root. Device nodes and set-user-ID/set-group-ID bits "
+            "are left out unless asked for. Built beside DEST and renamed into place; a layer "
+            "entry that would land outside DEST is refused."
         ),
         handler=export_file_.cache_export_file,
     )
@@ -436,6 +437,16 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="DEST",
         help="where to write it (created; its parent too); '-' writes a tar to stdout, as "
         "`docker cp CONTAINER:SOURCE -` does",
+    )
+    _add_bool(
+        export_file,
+        "--keep-devices",
+        "create the image's device nodes (as root), or put them in the tar of '-o -'",
+    )
+    _add_bool(
+        export_file,
+        "--keep-setid",
+        "keep the set-user-ID and set-group-ID bits of the image's files",
     )
 
     status = _command(

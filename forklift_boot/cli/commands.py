@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from forklift_boot import requirements
-from forklift_boot.archive import ArchiveImage, write_docker_archive, write_load_archive
+from forklift_boot.archive.load_archive import (
+    ArchiveImage,
+    write_docker_archive,
+    write_load_archive,
+)
 from forklift_boot.cache import CachedImage, CacheReader, ImageCache, human_bytes
 from forklift_boot.cli.output import TerminalProgress, print_report, progress_for
 from forklift_boot.config import DEFAULT_DOCKER_HOST, Settings, dpkg_architecture

@@ -43,11 +43,25 @@ def cache_export_file(args: argparse.Namespace, settings: Settings, out: TextIO)
         plan = plan_load(reader, entry, wanted, entry_platform(settings, entry))
         if to_stdout:
             out.flush()
-            result = write_image_path_tar(reader, args.ref, plan.layers, args.source, out.buffer)
+            result = write_image_path_tar(
+                reader,
+                args.ref,
+                plan.layers,
+                args.source,
+                out.buffer,
+                keep_devices=args.keep_devices,
+                keep_setid=args.keep_setid,
+            )
             out.buffer.flush()
         else:
             result = export_image_path(
-                reader, args.ref, plan.layers, args.source, Path(args.output)
+                reader,
+                args.ref,
+                plan.layers,
+                args.source,
+                Path(args.output),
+                keep_devices=args.keep_devices,
+                keep_setid=args.keep_setid,
             )
     _log_result(args, result)
     return 0
@@ -55,11 +69,17 @@ def cache_export_file(args: argparse.Namespace, settings: Settings, out: TextIO)
 
 def _log_result(args: argparse.Namespace, result: ExportResult) -> None:
     if result.skipped:
-        shown = ", ".join(result.skipped[:3]) + (", ..." if len(result.skipped) > 3 else "")
         log.warning(
-            "left out %d device nodes, which only root can create: %s",
+            "left out %d device nodes%s: %s",
             len(result.skipped),
-            shown,
+            ", which only root can create" if args.keep_devices else " (--keep-devices keeps them)",
+            _some(result.skipped),
+        )
+    if result.setid_dropped:
+        log.warning(
+            "dropped the set-user-ID/set-group-ID bits of %d files (--keep-setid keeps them): %s",
+            len(result.setid_dropped),
+            _some(result.setid_dropped),
         )
     where = "standard output" if args.output == "-" else args.output
     log.info(
@@ -72,3 +92,7 @@ def _log_result(args: argparse.Namespace, result: ExportResult) -> None:
         result.entries,
         human_bytes(result.bytes_written),
     )
+
+
+def _some(paths: tuple[str, ...]) -> str:
+    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")

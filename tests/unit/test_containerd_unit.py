@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from forklift_boot.archive import import_oci_layout
+from forklift_boot.archive.oci_layout import import_oci_layout
 from forklift_boot.cache import ImageCache
 from forklift_boot.errors import EngineError, EngineUnavailableError
 from forklift_boot.refs import parse_image_ref

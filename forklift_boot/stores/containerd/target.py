@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from forklift_boot.archive import ArchiveImage, write_load_archive
+from forklift_boot.archive.load_archive import ArchiveImage, write_load_archive
 from forklift_boot.cache import CacheReader
 from forklift_boot.errors import EngineError, ImageRefError
 from forklift_boot.images import ByteCounter, LoadPlan

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from forklift_boot.archive import import_docker_save, import_oci_layout
-from forklift_boot.archive.oci_layout import copied_from_layout, drop_other_platforms
+from forklift_boot.archive.docker_save import import_docker_save
+from forklift_boot.archive.oci_layout import (
+    copied_from_layout,
+    drop_other_platforms,
+    import_oci_layout,
+)
 from forklift_boot.cache import CacheWriter, Descriptor
 from forklift_boot.errors import EngineError, ImageRefError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from forklift_boot.archive import ArchiveImage, write_load_archive
+from forklift_boot.archive.load_archive import ArchiveImage, write_load_archive
 from forklift_boot.cache import (
     INDEX_MEDIA_TYPES,
     MEDIA_OCI_LAYER_GZIP,
