@@ -69,7 +69,7 @@ def test_unset_variable_warns_and_defaults_to_blank(
 ) -> None:
     compose = write(tmp_path, "compose.yml", "services:\n  web:\n    image: nginx:${TAG}\n")
     # Listen on the module's logger itself: the CLI may have stopped `forklift_boot` propagating.
-    logger = logging.getLogger("forklift_boot.requirements.compose")
+    logger = logging.getLogger("forklift_boot.requirements.compose.interpolation")
     logger.addHandler(caplog.handler)
     try:
         assert images(tmp_path, compose) == {"web": "nginx:"}
