@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TextIO
 
 from forklift_boot.cache import ImageCache, human_bytes
-from forklift_boot.cli.commands import entry_platform, host_platform
+from forklift_boot.cli.options import Command
+from forklift_boot.cli.platforms import entry_platform, host_platform
 from forklift_boot.config import Settings
 from forklift_boot.errors import ForkliftBootError, UsageError
 from forklift_boot.exchange.export_files import (
@@ -20,6 +21,21 @@ from forklift_boot.images import Wanted, plan_load
 from forklift_boot.refs import parse_image_ref
 
 log = logging.getLogger("forklift_boot")
+
+
+def add_arguments(export_file: argparse.ArgumentParser) -> None:
+    export_file.add_argument("ref", metavar="image_ref")
+    export_file.add_argument(
+        "source", metavar="SOURCE", help="path in the image, e.g. usr/bin/tool ('/' for all)"
+    )
+    export_file.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DEST",
+        help="where to write it (created; its parent too); '-' writes a tar to stdout, as "
+        "`docker cp CONTAINER:SOURCE -` does",
+    )
 
 
 def cache_export_file(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -72,3 +88,18 @@ def _log_result(args: argparse.Namespace, result: ExportResult) -> None:
         result.entries,
         human_bytes(result.bytes_written),
     )
+
+
+COMMAND = Command(
+    "Writes a file or directory of a cached image's filesystem",
+    description=(
+        "Writes SOURCE, a path in the image's filesystem (its layers applied in order, "
+        "whiteouts honoured, symlinks in SOURCE's path followed inside the image), to DEST, "
+        "as Forklift's oci-image file exports place it: a file becomes the file DEST, a "
+        "directory becomes the directory DEST. Modes, times, symlinks and hardlinks are "
+        "kept; owners and device nodes too when run as root. Built beside DEST and renamed "
+        "into place; a layer entry that would land outside DEST is refused."
+    ),
+    add_arguments=add_arguments,
+    handler=cache_export_file,
+)
