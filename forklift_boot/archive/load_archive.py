@@ -43,9 +43,9 @@ def write_load_archive(
 ) -> Iterator[bytes]:
     """A tar in Docker 25's save format: an OCI layout plus ``manifest.json``.
 
-    Docker 20.10 to 29 and both of Docker's stores load it (PEERS.md §5). Every blob is
-    verified against its digest while it streams; a damaged blob ends the stream with
-    DamagedBlobError, so Docker sees a truncated archive and loads nothing of it.
+    Docker 20.10 to 29 and both of Docker's stores load it (docs/architecture.md, "Load
+    archives"). Every blob is verified against its digest while it streams; a damaged blob ends
+    the stream with DamagedBlobError, so Docker sees a truncated archive and loads nothing of it.
     ``omit_layers`` leaves out layer blobs the daemon already has (the classic loader never
     opens a layer whose chain ID exists, image/tarexport/load.go).
     """
