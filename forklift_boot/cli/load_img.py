@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import TextIO
 
 from forklift_boot import requirements
@@ -20,9 +21,12 @@ from forklift_boot.cli.sources import required_images, source_given
 from forklift_boot.config import Settings
 from forklift_boot.errors import UsageError
 from forklift_boot.flows import load_images
+from forklift_boot.platforms import parse_platform
 from forklift_boot.requirements import RequiredImage
 from forklift_boot.stores.containerd.store import ContainerdTarget, Ctr
 from forklift_boot.stores.docker.store import DockerTarget
+
+log = logging.getLogger("forklift_boot")
 
 
 def add_arguments(load_img: argparse.ArgumentParser) -> None:
@@ -72,9 +76,12 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
         )
         print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
         return report.exit_code
+    if settings.platform:
+        host_platform(settings)  # a bad --platform: a usage error before Docker is asked
     engine = docker_engine(settings)
     try:
-        target = DockerTarget(engine, engine.info())
+        info = engine.info()
+        target = DockerTarget(engine, info, docker_load_platform(settings, info.platform))
         report = load_images(
             images,
             target,
@@ -87,6 +94,29 @@ def load_images_command(args: argparse.Namespace, settings: Settings, out: TextI
         engine.close()
     print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code
+
+
+def docker_load_platform(settings: Settings, docker_platform: str) -> str:
+    """The platform to load into Docker: ``--platform``/``FORKLIFT_PLATFORM``, else Docker's
+    own; one warning when they differ."""
+    if not settings.platform:
+        return docker_platform
+    wanted = host_platform(settings)
+    if _differs(wanted, docker_platform):
+        log.warning(
+            "loading %s images into Docker, whose platform is %s (--platform or "
+            "FORKLIFT_PLATFORM chose them)",
+            wanted,
+            docker_platform,
+        )
+    return wanted
+
+
+def _differs(wanted: str, docker_platform: str) -> bool:
+    try:
+        return parse_platform(wanted) != parse_platform(docker_platform)
+    except ValueError:
+        return wanted != docker_platform  # Docker named a platform we can't read
 
 
 def _cached_as_required(cache: ImageCache) -> list[RequiredImage]:

@@ -148,11 +148,13 @@ class DockerSource:
 class DockerTarget:
     """Loads cached images into a Docker daemon and makes every ref as written resolve."""
 
-    def __init__(self, engine: DockerEngine, info: EngineInfo) -> None:
+    def __init__(self, engine: DockerEngine, info: EngineInfo, platform: str | None = None) -> None:
         self.engine = engine
         self.info = info
         self.description = f"Docker at {engine.base_url}"
-        self.platform = info.platform
+        # The platform whose images are loaded: Docker's own unless the caller names another
+        # (an OS image build fills an arm64 rootfs's Docker from an amd64 machine).
+        self.platform = platform or info.platform
         self._loaded_layers: set[str] = set()  # layer blobs this run's loads put in the store
 
     def resolve(self, ref: str) -> str | None:
