@@ -29,6 +29,8 @@ from forklift_boot.stores.docker.target import DockerTarget
 
 log = logging.getLogger("forklift_boot")
 
+log = logging.getLogger("forklift_boot")
+
 
 def add_arguments(load_img: argparse.ArgumentParser) -> None:
     add_source_options(load_img)

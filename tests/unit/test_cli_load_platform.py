@@ -4,6 +4,7 @@ tests/integration/test_load_platform.py."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,7 +12,25 @@ from forklift_boot import cli, config
 from forklift_boot.cli.load_img import docker_load_platform
 
 DOCKER = "linux/amd64"  # as EngineInfo.platform spells an x86_64 engine
-WARNING = "whose platform is"
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """The warnings forklift-boot logs; on its own logger, since cli.main stops propagation."""
+    handler = _Collect()
+    logger = logging.getLogger("forklift_boot")
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
 
 
 def settings(flag: str | None, **env: str) -> config.Settings:
@@ -24,17 +43,15 @@ def settings(flag: str | None, **env: str) -> config.Settings:
     )
 
 
-def test_docker_platform_by_default(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        assert docker_load_platform(settings(None), DOCKER) == DOCKER
-    assert caplog.records == []
+def test_docker_platform_by_default(warnings: list[str]) -> None:
+    assert docker_load_platform(settings(None), DOCKER) == DOCKER
+    assert warnings == []
 
 
-def test_forklift_platform_chooses_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        chosen = docker_load_platform(settings(None, FORKLIFT_PLATFORM="linux/arm64/v8"), DOCKER)
+def test_forklift_platform_chooses_and_warns_once(warnings: list[str]) -> None:
+    chosen = docker_load_platform(settings(None, FORKLIFT_PLATFORM="linux/arm64/v8"), DOCKER)
     assert chosen == "linux/arm64"  # the canonical spelling, as --into containerd gets it
-    assert [r.getMessage() for r in caplog.records] == [
+    assert warnings == [
         "loading linux/arm64 images into Docker, whose platform is linux/amd64 "
         "(--platform or FORKLIFT_PLATFORM chose them)"
     ]
@@ -47,11 +64,10 @@ def test_the_flag_beats_the_environment() -> None:
 
 @pytest.mark.parametrize("given", ["linux/amd64", "amd64", "x86_64", "linux/amd64/v1"])
 def test_dockers_own_platform_however_spelled_is_no_warning(
-    caplog: pytest.LogCaptureFixture, given: str
+    warnings: list[str], given: str
 ) -> None:
-    with caplog.at_level(logging.WARNING):
-        assert docker_load_platform(settings(None, FORKLIFT_PLATFORM=given), DOCKER) == DOCKER
-    assert WARNING not in caplog.text
+    assert docker_load_platform(settings(None, FORKLIFT_PLATFORM=given), DOCKER) == DOCKER
+    assert warnings == []
 
 
 @pytest.mark.parametrize(
