@@ -14,7 +14,7 @@ from forklift_boot.exchange.push import cached_as_wanted, push_images
 from forklift_boot.images import group_by_canonical
 from forklift_boot.stores.registry.auth import CredentialStore
 from forklift_boot.stores.registry.client import RegistryClient
-from forklift_boot.stores.registry.push import parse_push_target, parse_size
+from forklift_boot.stores.registry.targets import parse_push_target, parse_size
 
 
 def cache_push(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
