@@ -7,6 +7,7 @@ Anonymous, bearer and basic auth; retries with exponential backoff and jitter th
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -19,22 +20,29 @@ import requests
 from forklift_boot.errors import RegistryError
 from forklift_boot.refs import ImageRef
 from forklift_boot.stores.registry.auth import Challenge, CredentialStore, parse_www_authenticate
+from forklift_boot.stores.registry.bodies import read_body
 from forklift_boot.stores.registry.endpoints import Endpoint, mirror_base_url
 from forklift_boot.stores.registry.repository import Repository
 from forklift_boot.stores.registry.transport import (
     TIMEOUT,
+    Attempts,
+    MinimumRate,
     RegistryAccessError,
     RegistryConnectionError,
     RetryPolicy,
     Transport,
     is_retry_status,
     parse_retry_after,
+    printable,
     reason,
 )
 
 __all__ = ["RegistryClient"]
 
 log = logging.getLogger(__name__)
+
+# A token answer is a few KiB of JSON (a JWT and its expiry).
+_TOKEN_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class RegistryClient:
         credentials: CredentialStore | None = None,
         retry: RetryPolicy | None = None,
         offline: bool = False,
+        min_rate: MinimumRate | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -74,6 +83,8 @@ class RegistryClient:
         self.credentials = credentials or CredentialStore(None)
         self.retry = retry or RetryPolicy()
         self.offline = offline
+        # Every body (manifests, blobs, tokens, error answers) arrives at least this fast.
+        self.min_rate = min_rate or MinimumRate()
         self._transport = Transport(self.retry, sleep=sleep, rand=rand)
         # Authorization header values (never logged): per access asked for, and basic auth's
         # per registry.
@@ -121,32 +132,38 @@ class RegistryClient:
         if url is None:
             url = _api_url(endpoint, repository, path)
         # Our credentials go to the registry only, never to another host an upload names.
-        is_own = urlsplit(url).netloc == endpoint.host
+        # (requests drops them itself when a GET is redirected to another host.)
+        is_own = _is_registry(url, endpoint)
         key = _AuthKey(endpoint.base_url, repository, push, mount_from)
-        attempts = self.retry.mirror_attempts if endpoint.is_mirror else self.retry.attempts
-        attempt = 0
+        tries = Attempts(self.retry.mirror_attempts if endpoint.is_mirror else self.retry.attempts)
         authenticated = False
         while True:
-            attempt += 1
+            tries.number += 1
             response = self._transport.send(
                 endpoint.host, method, url,
                 headers=self._headers(endpoint, key, headers, is_own), params=params, body=body,
-                attempt=attempt, attempts=attempts, what=what, at=at, push=push,
+                tries=tries, what=what, at=at, push=push,
             )  # fmt: skip
             if response is None:  # the connection dropped; the transport waited
                 continue
             status = response.status_code
             log.debug("%s %s -> %d", method, url, status)
+            if status in (401, 403) and not _is_registry(response.url or url, endpoint):
+                # A challenge from where a redirect (or an upload's Location) led: answering
+                # it would hand the registry's credentials to another host, the class of
+                # containerd's CVE-2020-15157.
+                response.close()
+                raise _foreign_challenge(endpoint, response.url or url, status, what, at)
             if status == 401 and not authenticated:
                 challenges = parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
                 response.close()
                 self._auth.pop(key, None)
                 self._authenticate(endpoint, key, challenges, what, at)
                 authenticated = True
-                attempt -= 1  # logging in is not a failed attempt
+                tries.number -= 1  # logging in is not a failed attempt
                 continue
             if is_retry_status(status):
-                self._transport.wait_to_retry(response, attempt, attempts, what, at)
+                self._transport.wait_to_retry(response, tries, what, at)
                 continue
             if status in (401, 403):
                 response.close()
@@ -233,7 +250,8 @@ class RegistryClient:
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         credentials = self.credentials.lookup(endpoint.credentials_host)
-        token_at = f"at {parts.netloc}"
+        service = printable(parts.netloc)
+        token_at = f"at {service}"
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -248,19 +266,23 @@ class RegistryClient:
                             "client_id": "forklift-boot",
                         },
                         timeout=TIMEOUT,
+                        stream=True,
+                        # A redirected POST carries its body, the refresh token, to wherever
+                        # the redirect leads: the token service named by the registry only.
+                        allow_redirects=False,
                     )
                 else:
                     headers = {}
                     if credentials is not None:
                         headers["Authorization"] = credentials.basic_header()
+                    # requests drops the Authorization header on a redirect to another host.
                     response = self._transport.session(parts.netloc).get(
-                        realm, params=params, headers=headers, timeout=TIMEOUT
+                        realm, params=params, headers=headers, timeout=TIMEOUT, stream=True
                     )
             except requests.exceptions.RequestException as err:
                 if attempt >= attempts:
                     raise RegistryConnectionError(
-                        f"couldn't {what} {at}: its token service "
-                        f"{parts.netloc} failed ({reason(err)})"
+                        f"couldn't {what} {at}: its token service {service} failed ({reason(err)})"
                     ) from err
                 self._transport.wait(self._transport.backoff(attempt), token_at, what, "token")
                 continue
@@ -270,7 +292,7 @@ class RegistryClient:
                 if attempt >= attempts:
                     raise RegistryError(
                         f"couldn't {what} {at}: its token service "
-                        f"{parts.netloc} answered HTTP {status}; try again later"
+                        f"{service} answered HTTP {status}; try again later"
                     )
                 delay = parse_retry_after(response.headers.get("Retry-After"), time.time())
                 if delay is None or delay > self.retry.max_retry_after:
@@ -289,16 +311,20 @@ class RegistryClient:
         if status != 200:
             response.close()
             raise RegistryError(
-                f"couldn't {what} {at}: its token service {parts.netloc} answered HTTP {status}"
+                f"couldn't {what} {at}: its token service {service} answered HTTP {status}"
+            )
+        with response:
+            data = read_body(
+                response, _TOKEN_LIMIT, f"get a token to {what}", service, self.min_rate
             )
         try:
-            document = response.json()
-        except ValueError as err:
+            document = json.loads(data)
+        except (ValueError, RecursionError) as err:
             raise RegistryError(
                 f"couldn't {what} {at}: its token service's answer is not JSON"
             ) from err
-        finally:
-            response.close()
+        if not isinstance(document, dict):
+            document = None
         token = document.get("token") or document.get("access_token") if document else None
         if not isinstance(token, str) or not token or not token.isprintable() or " " in token:
             raise RegistryError(f"couldn't {what} {at}: its token service gave no usable token")
@@ -308,3 +334,37 @@ class RegistryClient:
 def _api_url(endpoint: Endpoint, repository: str, path: str) -> str:
     """``/v2/REPOSITORY/PATH`` on the endpoint, or the API's root ``/v2/`` without a path."""
     return f"{endpoint.base_url}/v2/{repository}/{path}" if path else f"{endpoint.base_url}/v2/"
+
+
+def _is_registry(url: str, endpoint: Endpoint) -> bool:
+    """Whether ``url`` is on the endpoint's own host and port (a scheme's default port implied),
+    and not a downgrade from HTTPS to HTTP: the rule requests follows for redirects."""
+    theirs, ours = urlsplit(url), urlsplit(endpoint.base_url)
+    if ours.scheme == "https" and theirs.scheme != "https":
+        return False
+    try:
+        if (ours.scheme, theirs.scheme) == ("http", "https") and ours.port in (None, 80):
+            return theirs.hostname == ours.hostname and theirs.port in (None, 443)
+        return (theirs.hostname, theirs.port or _PORTS.get(theirs.scheme)) == (
+            ours.hostname,
+            ours.port or _PORTS.get(ours.scheme),
+        )
+    except ValueError:  # a port that is not a number
+        return False
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
+def _foreign_challenge(
+    endpoint: Endpoint, url: str, status: int, what: str, at: str
+) -> RegistryAccessError:
+    """A 401 or 403 from another host than the registry: never answered with its credentials."""
+    other = printable(urlsplit(url).netloc)
+    answer = "asks for credentials" if status == 401 else "refused access"
+    return RegistryAccessError(
+        f"couldn't {what} {at}: it sent us to {other}, which {answer} (HTTP {status}); "
+        f"forklift-boot gives {endpoint.credentials_host}'s credentials only to "
+        f"{endpoint.host} and the token service it names: ask the registry's operator to "
+        "fix where it redirects"
+    )

@@ -22,10 +22,11 @@ import requests
 from forklift_boot.cache import BUFFER_SIZE, CacheReader, Descriptor
 from forklift_boot.cache.blobs import hash_file
 from forklift_boot.errors import CacheError, RegistryError
+from forklift_boot.stores.registry.bodies import registry_error
 from forklift_boot.stores.registry.client import RegistryClient
 from forklift_boot.stores.registry.manifests import MANIFEST_ACCEPT
 from forklift_boot.stores.registry.targets import PushTarget
-from forklift_boot.stores.registry.transport import RegistryAccessError
+from forklift_boot.stores.registry.transport import RegistryAccessError, printable
 
 __all__ = [
     "MONOLITHIC_LIMIT",
@@ -213,7 +214,7 @@ class PushRepository:
             "PUT", "", what, url=location, params={"digest": descriptor.digest},
             headers=headers, body=body,
         ) as response:  # fmt: skip
-            if response.status_code == 400 and _error_code(response) == "DIGEST_INVALID":
+            if response.status_code == 400 and self._error_code(response) == "DIGEST_INVALID":
                 found, _ = hash_file(reader.blob_path(descriptor.digest))
                 if found != descriptor.digest:
                     raise CacheError(
@@ -252,18 +253,18 @@ class PushRepository:
             body=data,
         ) as response:  # fmt: skip
             if response.status_code in (400, 404):
-                code = _error_code(response)
+                code = self._error_code(response)
                 raise ManifestRefusedError(
                     f"couldn't {what} on {self.endpoint.host}: refused with HTTP "
-                    f"{response.status_code}{_error_detail(response)}",
+                    f"{response.status_code}{self._error_detail(response)}",
                     code,
                 )
             self._check(response, what, {200, 201})
             stored = response.headers.get("Docker-Content-Digest")
         if stored and stored != digest:
             raise RegistryError(
-                f"couldn't {what} on {self.endpoint.host}: it stored {stored} for a manifest "
-                f"whose digest is {digest}; the registry rewrites manifests, so digest "
+                f"couldn't {what} on {self.endpoint.host}: it stored {printable(stored)} for a "
+                f"manifest whose digest is {digest}; the registry rewrites manifests, so digest "
                 "references can't resolve there"
             )
         return digest
@@ -308,9 +309,8 @@ class PushRepository:
             hint = "; is it a registry (the OCI distribution API under /v2/)?"
         elif status == 405:
             hint = "; the registry doesn't allow pushing there (read-only, or a proxy cache)"
-        raise RegistryError(
-            f"couldn't {what} on {self.endpoint.host}: HTTP {status}{_error_detail(response)}{hint}"
-        )
+        detail = self._error_detail(response)
+        raise RegistryError(f"couldn't {what} on {self.endpoint.host}: HTTP {status}{detail}{hint}")
 
     def _check_upload(
         self, response: requests.Response, what: str, expected: set[int], sent: int
@@ -324,7 +324,7 @@ class PushRepository:
                 "too large for it or for a proxy in front of it (HTTP 413); raise that limit "
                 "(nginx: client_max_body_size 0) or pass a smaller --chunk-size, e.g. 16M"
             )
-        code = _error_code(response)
+        code = self._error_code(response)
         if (
             status == 416
             or (status == 404 and code == "BLOB_UPLOAD_UNKNOWN")
@@ -332,7 +332,7 @@ class PushRepository:
         ):
             raise _UploadLostError(
                 f"couldn't {what} on {self.endpoint.host}: it dropped the upload (HTTP "
-                f"{status}{_error_detail(response)})"
+                f"{status}{self._error_detail(response)})"
             )
         self._check(response, what, expected)
 
@@ -340,18 +340,9 @@ class PushRepository:
         separator = "@" if reference.startswith("sha256:") else ":"
         return f"{self.path}{separator}{reference}"
 
+    def _error_code(self, response: requests.Response) -> str:
+        return registry_error(response, self.client.min_rate)[0]
 
-def _error_code(response: requests.Response) -> str:
-    try:
-        return str(response.json()["errors"][0]["code"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return ""
-
-
-def _error_detail(response: requests.Response) -> str:
-    """`` (MANIFEST_BLOB_UNKNOWN: blob unknown to registry)`` from its JSON error body."""
-    try:
-        first = response.json()["errors"][0]
-        return f" ({first.get('code', '')}: {str(first.get('message', ''))[:120]})"
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return ""
+    def _error_detail(self, response: requests.Response) -> str:
+        """`` (MANIFEST_BLOB_UNKNOWN: blob unknown to registry)`` from its JSON error body."""
+        return registry_error(response, self.client.min_rate)[1]

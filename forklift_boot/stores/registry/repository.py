@@ -17,7 +17,13 @@ import requests
 from forklift_boot.cache import MAX_JSON_BLOB_SIZE, BlobWriter, Descriptor, StoredBlob
 from forklift_boot.errors import RegistryError
 from forklift_boot.refs import ImageRef
-from forklift_boot.stores.registry.bodies import TransferCutError, chunks, read_body
+from forklift_boot.stores.registry.bodies import (
+    RateGuard,
+    TransferCutError,
+    chunks,
+    read_body,
+    registry_error,
+)
 from forklift_boot.stores.registry.endpoints import Endpoint, endpoints_for
 from forklift_boot.stores.registry.manifests import (
     MANIFEST_ACCEPT,
@@ -25,7 +31,7 @@ from forklift_boot.stores.registry.manifests import (
     ManifestHead,
     manifest_media_type,
 )
-from forklift_boot.stores.registry.transport import TRANSIENT_ERRORS, reason
+from forklift_boot.stores.registry.transport import TRANSIENT_ERRORS, printable, reason
 
 if TYPE_CHECKING:  # the client makes repositories: no import at run time
     from forklift_boot.stores.registry.client import RegistryClient
@@ -110,13 +116,14 @@ class Repository:
             )
             if wanted is not None and digest != wanted:
                 raise RegistryError(
-                    f"couldn't {what} from {endpoint.host}: it hashes to {digest}, not {wanted}; "
-                    "the registry or a proxy changed it: nothing was cached, try again"
+                    f"couldn't {what} from {endpoint.host}: it hashes to {digest}, not "
+                    f"{printable(wanted)}; the registry or a proxy changed it: nothing was "
+                    "cached, try again"
                 )
             if not media_type.startswith("application/vnd."):
                 raise RegistryError(
                     f"couldn't {what} from {endpoint.host}: it is not an image manifest "
-                    f"(Content-Type {media_type or 'missing'})"
+                    f"(Content-Type {printable(media_type) or 'missing'})"
                 )
             return Manifest(data, media_type, digest)
 
@@ -139,7 +146,10 @@ class Repository:
                     return None
                 self._check(response, what, endpoint)
                 try:
-                    return read_body(response, limit, what, endpoint.host), response.headers
+                    return (
+                        read_body(response, limit, what, endpoint.host, self.client.min_rate),
+                        response.headers,
+                    )
                 except TransferCutError as err:
                     if attempt >= policy.attempts:
                         raise
@@ -179,7 +189,7 @@ class Repository:
             return
         raise RegistryError(
             f"couldn't {what} from {endpoint.host}/{self.path}: HTTP {response.status_code}"
-            f"{_registry_error_code(response)}"
+            f"{registry_error(response, self.client.min_rate)[1]}"
         )
 
     # --- blobs --------------------------------------------------------------------------
@@ -282,6 +292,9 @@ class Repository:
         failures = 0
         resumed = False
         what = f"download blob {descriptor.digest} of {self.path}"
+        # One guard over every resume: a registry that trickles and cuts makes "progress"
+        # on each request, but not at the minimum rate.
+        guard = RateGuard(self.client.min_rate, what, endpoint.host)
         while blob.size < size:
             offset = blob.size
             headers = {"Accept-Encoding": "identity"}
@@ -319,7 +332,7 @@ class Repository:
                 else:
                     self._check(response, what, endpoint)
                 try:
-                    for chunk in chunks(response, skip):
+                    for chunk in chunks(response, skip, guard):
                         if blob.size + len(chunk) > size:
                             raise RegistryError(
                                 f"couldn't {what} from {endpoint.host}: it sent more than the "
@@ -361,13 +374,3 @@ def _content_range_start(value: str | None) -> int | None:
         return None
     start = value[6:].partition("-")[0].strip()
     return int(start) if start.isdigit() else None
-
-
-def _registry_error_code(response: requests.Response) -> str:
-    """`` (MANIFEST_UNKNOWN: ...)`` from the registry's JSON error body, if it has one."""
-    try:
-        errors = response.json().get("errors") or []
-        first = errors[0]
-        return f" ({first.get('code', '')}: {str(first.get('message', ''))[:120]})"
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return ""

@@ -21,12 +21,15 @@ __all__ = [
     "TIMEOUT",
     "TRANSIENT_ERRORS",
     "USER_AGENT",
+    "Attempts",
+    "MinimumRate",
     "RegistryAccessError",
     "RegistryConnectionError",
     "RetryPolicy",
     "Transport",
     "is_retry_status",
     "parse_retry_after",
+    "printable",
     "reason",
 ]
 
@@ -61,7 +64,10 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 30.0
     # A Retry-After longer than this is not waited for: the error says when to come back.
-    max_retry_after: float = 300.0
+    # A boot or a CI step can't sit out a registry's five minutes, nor several.
+    max_retry_after: float = 60.0
+    # All the waits of one request together: the last one that would overrun it is not taken.
+    max_total_wait: float = 120.0
     # A mirror that fails is left for the next endpoint sooner.
     mirror_attempts: int = 2
 
@@ -69,6 +75,37 @@ class RetryPolicy:
         """Exponential backoff with jitter: half the capped delay plus a random half."""
         delay = min(self.max_delay, self.base_delay * 2.0 ** max(attempt - 1, 0))
         return delay / 2 + rand() * delay / 2
+
+
+@dataclass(frozen=True)
+class MinimumRate:
+    """The slowest body worth waiting for: fewer than ``min_bytes`` arriving in ``window``
+    seconds ends the transfer. The read timeout alone never fires on a registry that sends
+    a byte every few seconds. ``min_bytes`` 0 turns the check off."""
+
+    min_bytes: int = 64 << 10
+    window: float = 60.0
+
+    def describe(self) -> str:
+        amount = (
+            f"{self.min_bytes >> 10} KiB"
+            if self.min_bytes % 1024 == 0
+            else f"{self.min_bytes} bytes"
+        )
+        return f"{amount} in {self.window:g} s"
+
+
+@dataclass
+class Attempts:
+    """One request's attempts so far, and the seconds spent waiting between them."""
+
+    limit: int
+    number: int = 0
+    waited: float = 0.0
+
+    @property
+    def last(self) -> bool:
+        return self.number >= self.limit
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -104,7 +141,17 @@ def reason(err: BaseException) -> str:
     # urllib3 messages repeat the pool's repr; keep the end, which says what happened.
     if "Caused by" in text:
         text = text.rsplit("Caused by", 1)[1].strip(" ()'\"")
-    return text[:200]
+    return printable(text[:200])
+
+
+def printable(text: str) -> str:
+    """Text a registry sent (an error body, a header, a host it named), safe for a terminal:
+    control characters become ``\\x1b``-style escapes, so that a registry can't colour, move
+    or forge lines of forklift-boot's output."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 class Transport:
@@ -133,6 +180,9 @@ class Transport:
         if key not in sessions:
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
+            # Bodies as sent: digests are of those bytes, and an encoded body would be read
+            # through urllib3 1.26's read(n), which waits for all n (see bodies._reader).
+            session.headers["Accept-Encoding"] = "identity"
             session.trust_env = key == "remote"
             sessions[key] = session
             with self._lock:
@@ -165,8 +215,7 @@ class Transport:
         headers: Mapping[str, str],
         params: Mapping[str, str] | None,
         body: bytes | Iterable[bytes] | None,
-        attempt: int,
-        attempts: int,
+        tries: Attempts,
         what: str,
         at: str,
         push: bool,
@@ -193,21 +242,23 @@ class Transport:
                 + (" (or --plain-http for a registry that speaks plain HTTP)" if push else "")
             ) from err
         except TRANSIENT_ERRORS as err:
-            if attempt >= attempts:
+            delay = self.backoff(tries.number)
+            if tries.last or not self._affords(tries, delay):
                 raise RegistryConnectionError(
-                    f"couldn't {what} {at}: {reason(err)} ({attempt} "
+                    f"couldn't {what} {at}: {reason(err)} ({tries.number} "
                     "attempts); check the network and the registry's address"
                 ) from err
-            self.wait(self.backoff(attempt), at, what, reason(err))
+            self._wait_within(tries, delay, at, what, reason(err))
             return None
         except requests.exceptions.RequestException as err:
             raise RegistryError(f"couldn't {what} {at}: {reason(err)}") from err
 
     def wait_to_retry(
-        self, response: requests.Response, attempt: int, attempts: int, what: str, at: str
+        self, response: requests.Response, tries: Attempts, what: str, at: str
     ) -> None:
         """Closes a "not now" answer and waits what its ``Retry-After`` asks (or the backoff);
-        raises when attempts are used up or the registry asks for too long a wait."""
+        raises when attempts are used up, or the registry asks for a longer wait than the
+        policy allows, alone or with the waits before it."""
         status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
         response.close()
@@ -218,7 +269,22 @@ class Transport:
                 f"{retry_after:.0f} s; try again later (Docker Hub: log in for a higher "
                 "rate limit, or use --registry-mirror)"
             )
-        if attempt >= attempts:
-            raise RegistryError(f"couldn't {what} {at}: {problem} {attempt} times; try again later")
-        delay = retry_after if retry_after is not None else self.backoff(attempt)
+        if tries.last:
+            raise RegistryError(
+                f"couldn't {what} {at}: {problem} {tries.number} times; try again later"
+            )
+        delay = retry_after if retry_after is not None else self.backoff(tries.number)
+        if not self._affords(tries, delay):
+            raise RegistryError(
+                f"couldn't {what} {at}: {problem} {tries.number} times, and waiting "
+                f"{delay:.0f} s more would take it past {self.retry.max_total_wait:g} s of "
+                "waiting; try again later"
+            )
+        self._wait_within(tries, delay, at, what, problem)
+
+    def _affords(self, tries: Attempts, delay: float) -> bool:
+        return tries.waited + delay <= self.retry.max_total_wait
+
+    def _wait_within(self, tries: Attempts, delay: float, at: str, what: str, problem: str) -> None:
+        tries.waited += delay
         self.wait(delay, at, what, problem)
