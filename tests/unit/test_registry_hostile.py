@@ -140,9 +140,7 @@ def start(servers: list[Server], address: str, respond: Respond) -> Server:
     return server
 
 
-def registry_answers(
-    method: str, path: str, *, layer: Callable[[], Reply] | None = None
-) -> Reply | None:
+def registry_answers(method: str, path: str, *, layer: Callable[[], Reply] | None = None) -> Reply:
     """The crafted image's manifest, config and (unless ``layer`` says otherwise) layer."""
     blobs = {blob.digest: blob for blob in IMAGE.blobs}
     if path == f"/v2/{REPO}/manifests/1":
@@ -202,9 +200,7 @@ class Scene:
             )
             return Reply(401, {"WWW-Authenticate": challenge})
         storage = f"http://{self.storage.host}/storage/{LAYER.digest}?signature=abc"
-        reply = registry_answers(method, path, layer=lambda: Reply(307, {"Location": storage}))
-        assert reply is not None
-        return reply
+        return registry_answers(method, path, layer=lambda: Reply(307, {"Location": storage}))
 
 
 @pytest.mark.parametrize("scheme", ["basic", "bearer"])
@@ -296,10 +292,6 @@ def test_a_token_service_that_redirects_the_refresh_token_is_not_followed(
 # Bodies that trickle, and waits the registry asks for
 
 
-def client_for(**kwargs: Any) -> RegistryClient:
-    return RegistryClient(**kwargs)
-
-
 def download_layer(client: RegistryClient, host: str, cache: Path) -> None:
     repository = client.repository(parse_image_ref(f"{host}/{REPO}:1"))
     descriptor = Descriptor(LAYER.media_type, LAYER.digest, LAYER.size)
@@ -309,9 +301,7 @@ def download_layer(client: RegistryClient, host: str, cache: Path) -> None:
 
 def trickling_registry(servers: list[Server], layer: Callable[[dict[str, str]], Reply]) -> Server:
     def respond(method: str, path: str, headers: dict[str, str]) -> Reply:
-        reply = registry_answers(method, path, layer=lambda: layer(headers))
-        assert reply is not None
-        return reply
+        return registry_answers(method, path, layer=lambda: layer(headers))
 
     return start(servers, "127.0.0.1", respond)
 
@@ -321,7 +311,7 @@ def test_a_trickling_blob_ends_at_the_minimum_rate(tmp_path: Path, servers: list
     registry = trickling_registry(
         servers, lambda h: Reply(200, {}, LAYER.data, piece=1, pause=0.02)
     )
-    client = client_for(min_rate=MinimumRate(min_bytes=4096, window=0.5))
+    client = RegistryClient(min_rate=MinimumRate(min_bytes=4096, window=0.5))
     started = time.monotonic()
     with pytest.raises(TransferTooSlowError) as caught:
         download_layer(client, registry.host, tmp_path / "cache")
@@ -345,7 +335,7 @@ def test_a_trickle_that_cuts_and_resumes_still_ends(tmp_path: Path, servers: lis
         return Reply(status, extra, rest, piece=1, pause=0.02, cut_after=5)
 
     registry = trickling_registry(servers, layer)
-    client = client_for(min_rate=MinimumRate(min_bytes=4096, window=0.5))
+    client = RegistryClient(min_rate=MinimumRate(min_bytes=4096, window=0.5))
     started = time.monotonic()
     with pytest.raises(TransferTooSlowError):
         download_layer(client, registry.host, tmp_path / "cache")
@@ -359,7 +349,7 @@ def test_a_slow_but_steady_blob_is_not_cut(tmp_path: Path, servers: list[Server]
     registry = trickling_registry(
         servers, lambda h: Reply(200, {}, LAYER.data, piece=16 << 10, pause=0.05)
     )
-    client = client_for(min_rate=MinimumRate(min_bytes=4096, window=0.2))
+    client = RegistryClient(min_rate=MinimumRate(min_bytes=4096, window=0.2))
     download_layer(client, registry.host, tmp_path / "cache")
     stored = tmp_path / "cache" / "blobs" / "sha256" / LAYER.digest.split(":")[1]
     assert stored.read_bytes() == LAYER.data
@@ -371,7 +361,7 @@ def test_a_trickling_manifest_ends_at_the_minimum_rate(servers: list[Server]) ->
         return Reply(200, {"Content-Type": manifest.media_type}, manifest.data, piece=1, pause=0.05)
 
     registry = start(servers, "127.0.0.1", respond)
-    client = client_for(min_rate=MinimumRate(min_bytes=1024, window=0.3))
+    client = RegistryClient(min_rate=MinimumRate(min_bytes=1024, window=0.3))
     repository = client.repository(parse_image_ref(f"{registry.host}/{REPO}:1"))
     started = time.monotonic()
     with pytest.raises(TransferTooSlowError, match="less than the minimum of 1 KiB in 0.3 s"):
@@ -388,7 +378,7 @@ def test_retry_after_is_capped_and_so_are_all_the_waits(servers: list[Server]) -
         lambda m, p, h: Reply(429, {"Retry-After": waits["value"]}),
     )
     slept: list[float] = []
-    client = client_for(sleep=slept.append)  # the default policy: nothing set by the test
+    client = RegistryClient(sleep=slept.append)  # the default policy: nothing set by the test
     repository = client.repository(parse_image_ref(f"{registry.host}/{REPO}:1"))
 
     with pytest.raises(RegistryError, match="it asks to wait 61 s; try again later"):
