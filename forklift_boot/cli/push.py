@@ -16,7 +16,7 @@ from forklift_boot.images import group_by_canonical
 from forklift_boot.report import DEFAULT_JOBS
 from forklift_boot.stores.registry.auth import CredentialStore
 from forklift_boot.stores.registry.client import RegistryClient
-from forklift_boot.stores.registry.push import parse_push_target, parse_size
+from forklift_boot.stores.registry.targets import parse_push_target, parse_size
 
 
 def add_arguments(push: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from forklift_boot.cli.options import Command, add_bool
 from forklift_boot.config import Settings
 from forklift_boot.errors import CacheError, ForkliftBootError, UsageError
 from forklift_boot.exchange.serve import CacheServer
-from forklift_boot.stores.registry.client import is_loopback_host
+from forklift_boot.stores.registry.endpoints import is_loopback_host
 from forklift_boot.systemd import notify
 
 __all__ = ["COMMAND", "DEFAULT_LISTEN", "cache_serve", "parse_listen"]

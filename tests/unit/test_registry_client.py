@@ -17,18 +17,17 @@ from forklift_boot.cache import (
 )
 from forklift_boot.errors import RegistryError
 from forklift_boot.refs import parse_image_ref
-from forklift_boot.stores.registry.client import (
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.endpoints import (
     Endpoint,
-    RegistryClient,
-    RetryPolicy,
     endpoints_for,
     is_loopback_host,
-    manifest_media_type,
     mirror_base_url,
-    parse_retry_after,
     registry_base_url,
     registry_host,
 )
+from forklift_boot.stores.registry.manifests import manifest_media_type
+from forklift_boot.stores.registry.transport import RetryPolicy, parse_retry_after
 
 
 @pytest.mark.parametrize(

@@ -32,12 +32,10 @@ from forklift_boot.report import (
     NoProgress,
     Progress,
 )
-from forklift_boot.stores.registry.client import (
-    RegistryAccessError,
-    RegistryClient,
-    RegistryConnectionError,
-)
-from forklift_boot.stores.registry.push import ManifestRefusedError, PushRepository, PushTarget
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.push import ManifestRefusedError, PushRepository
+from forklift_boot.stores.registry.targets import PushTarget
+from forklift_boot.stores.registry.transport import RegistryAccessError, RegistryConnectionError
 
 __all__ = ["push_images"]
 

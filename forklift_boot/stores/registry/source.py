@@ -4,6 +4,7 @@ A ref resolves to what the registry serves for it. An image index is resolved to
 for the wanted platform (or every platform with ``all_platforms``); the cache entry points at
 that platform manifest, or at the index itself, kept byte for byte, when the ref pins the
 index's digest (or every platform is kept), so that the digest the ref names stays valid.
+One class, one module: finding and copying share the resolved manifests and the cache lookups.
 """
 
 from __future__ import annotations
@@ -38,12 +39,9 @@ from forklift_boot.platforms import (
 )
 from forklift_boot.refs import ImageRef
 from forklift_boot.report import DEFAULT_JOBS
-from forklift_boot.stores.registry.client import (
-    Manifest,
-    RegistryClient,
-    Repository,
-    manifest_media_type,
-)
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.manifests import Manifest, manifest_media_type
+from forklift_boot.stores.registry.repository import Repository
 
 __all__ = ["RegistrySource"]
 
