@@ -18,7 +18,7 @@ from forklift_boot.cache.walk import ROLE_CONFIG, ROLE_LAYER, DocumentStash, wal
 from forklift_boot.errors import CacheError, ImageRefError
 from forklift_boot.images import Wanted
 from forklift_boot.refs import ImageRef, parse_image_ref
-from forklift_boot.stores.registry.push import PushTarget
+from forklift_boot.stores.registry.targets import PushTarget
 
 __all__ = ["CachedDocument", "PushPlan", "cached_as_wanted", "plan_push"]
 
