@@ -179,11 +179,17 @@ class PipeGzip:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._stdout, selectors.EVENT_READ)
 
+    @property
+    def pid(self) -> int:
+        """The child's process ID (kept after it is reaped, for diagnostics)."""
+        return self._process.pid
+
     def write(self, data: bytes | memoryview) -> Iterator[bytes]:
         view = memoryview(data).cast("B")
         if not view:
             return
-        self._selector.register(self._stdin, selectors.EVENT_WRITE)
+        with contextlib.suppress(KeyError):  # still registered by an abandoned write
+            self._selector.register(self._stdin, selectors.EVENT_WRITE)
         try:
             while view:
                 for key, _events in self._selector.select():
