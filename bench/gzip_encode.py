@@ -2,17 +2,21 @@
 
     .venv/pypi/bin/python -m bench.gzip_encode ENCODER LEVEL WORKERS < IN > OUT
 
-ENCODER is a name of forklift_boot.gzip_encoders.PREFERENCE, or ``zlib-stream``: one zlib
-stream in this thread, like ``gzip -1``. A module of its own so that the measured process
+ENCODER is a name of forklift_boot.gzip_encoders.PREFERENCE (LEVEL is then zlib's, mapped as
+cache-img maps it), ``module:M`` (ThreadedBlockGzip over the zlib-like module M, LEVEL its own),
+``program:P`` (PipeGzip over ``P -LEVEL -n -c``), or ``zlib-stream``: one zlib stream in this
+thread, like ``gzip -1``. A module of its own so that the measured process
 imports what cache-img would and no more (bench/image_set.py pulls in the Docker SDK).
 """
 
 from __future__ import annotations
 
+import importlib
+import shutil
 import sys
 import zlib
 
-from forklift_boot.gzip_encoders import open_gzip_encoder
+from forklift_boot.gzip_encoders import GzipEncoder, PipeGzip, ThreadedBlockGzip, open_gzip_encoder
 
 CHUNK = 1 << 20  # what cache-img reads at a time (forklift_boot.cache.BUFFER_SIZE)
 
@@ -29,7 +33,14 @@ def main(argv: list[str]) -> int:
             sink.write(compressor.compress(chunk))
         sink.write(compressor.flush())
         return 0
-    gz = open_gzip_encoder(level, workers, encoder=encoder)
+    gz: GzipEncoder
+    kind, _, name = encoder.partition(":")
+    if kind == "module":
+        gz = ThreadedBlockGzip(name, importlib.import_module(name), level, workers)
+    elif kind == "program":
+        gz = PipeGzip(name, (shutil.which(name) or name, f"-{level}", "-n", "-c"))
+    else:
+        gz = open_gzip_encoder(level, workers, encoder=encoder)
     try:
         while chunk := source.read(CHUNK):
             for part in gz.write(chunk):

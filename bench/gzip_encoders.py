@@ -231,38 +231,40 @@ def cases(python: str) -> list[Case]:
     have = {choice.name for choice in available_encoders()}
     found: list[Case] = [
         Case("zlib, one stream, this thread", 1, 1, (*module, "zlib-stream", "1", "1")),
-        Case("zlib blocks in threads (ParallelGzip)", 1, cores, (*module, "zlib", "1", str(cores))),
+        Case("zlib: ParallelGzip, 4 MiB blocks", 1, cores, (*module, "zlib", "1", str(cores))),
+        Case("zlib: 1 MiB blocks in threads", 1, cores, (*module, "module:zlib", "1", str(cores))),
     ]
     if "isal" in have:
-        found.append(Case("PyPI isal blocks in threads", 1, 1, (*module, "isal", "1", "1")))
+        isal = (*module, "module:isal.isal_zlib")
+        found.append(Case("PyPI isal: blocks in threads", 2, 1, (*isal, "2", "1")))
         for level in (0, 1, 2, 3):
-            # Our levels are zlib's: 0, 1, 2 and 6 map onto ISA-L's 0, 1, 2 and 3.
-            ours = (0, 1, 2, 6)[level]
             found.append(
-                Case(
-                    "PyPI isal blocks in threads",
-                    level,
-                    cores,
-                    (*module, "isal", str(ours), str(cores)),
-                )
+                Case("PyPI isal: blocks in threads", level, cores, (*isal, str(level), str(cores)))
             )
     if "igzip" in have:
         igzip = shutil.which("igzip") or "igzip"
         for level in (0, 1, 2, 3):
-            ours = (0, 1, 2, 6)[level]
-            found.append(Case("igzip through a pipe", level, 1, (*module, "igzip", str(ours), "1")))
-        found.append(Case("igzip program alone", 1, 1, (igzip, "-1", "-n", "-c")))
-        found.append(Case("igzip program alone, -T 2", 1, 2, (igzip, "-1", "-n", "-T", "2", "-c")))
+            found.append(
+                Case("igzip: through a pipe", level, 1, (*module, "program:igzip", str(level), "1"))
+            )
+        for level in (1, 2):
+            found.append(Case("igzip program alone", level, 1, (igzip, f"-{level}", "-n", "-c")))
+        found.append(Case("igzip program alone, -T 2", 2, 2, (igzip, "-2", "-n", "-T2", "-c")))
     if "zlib-ng" in have:
-        found.append(
-            Case("PyPI zlib-ng blocks in threads", 1, cores, (*module, "zlib-ng", "1", str(cores)))
-        )
+        zlib_ng = (*module, "module:zlib_ng.zlib_ng")
+        for level in (1, 2):
+            found.append(
+                Case(
+                    "PyPI zlib-ng: blocks in threads",
+                    level,
+                    cores,
+                    (*zlib_ng, str(level), str(cores)),
+                )
+            )
     if "pigz" in have:
         pigz = shutil.which("pigz") or "pigz"
-        found.append(Case("pigz through a pipe", 1, cores, (*module, "pigz", "1", str(cores))))
-        found.append(
-            Case("pigz program alone", 1, cores, (pigz, "-1", "-n", "-p", str(cores), "-c"))
-        )
+        found.append(Case("pigz: through a pipe", 1, cores, (*module, "pigz", "1", str(cores))))
+        found.append(Case("pigz program alone", 1, cores, (pigz, "-1", "-n", f"-p{cores}", "-c")))
     return found
 
 

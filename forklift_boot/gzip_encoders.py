@@ -57,7 +57,7 @@ class GzipEncoder(Protocol):
 
     name: str
 
-    def write(self, data: bytes | memoryview) -> Iterator[bytes]: ...
+    def write(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]: ...
 
     def finish(self) -> Iterator[bytes]: ...
 
@@ -75,8 +75,8 @@ class ZlibGzip:
     def __init__(self, level: int, workers: int) -> None:
         self._gzip = ParallelGzip(level=level, workers=workers)
 
-    def write(self, data: bytes | memoryview) -> Iterator[bytes]:
-        return self._gzip.write(data)
+    def write(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        return self._gzip.write(bytes(data) if isinstance(data, bytearray) else data)
 
     def finish(self) -> Iterator[bytes]:
         return self._gzip.finish()
@@ -112,20 +112,33 @@ class ThreadedBlockGzip:
         self._pending: deque[Future[bytes]] = deque()
         self._buffer = bytearray()
 
-    def _compress(self, block: bytes) -> bytes:
+    def _compress(self, block: bytes | memoryview) -> bytes:
         compressor = self._module.compressobj(self._level, self._module.DEFLATED, GZIP_WBITS)
         return bytes(compressor.compress(block) + compressor.flush())
 
-    def write(self, data: bytes | memoryview) -> Iterator[bytes]:
+    def write(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        size = self._block_size
+        if not self._buffer and isinstance(data, bytes):
+            # Whole blocks straight from the caller's bytes, which cannot change: no copy.
+            # cache-img reads 1 MiB at a time, so every block goes this way.
+            view = memoryview(data)
+            whole = len(view) - len(view) % size
+            for offset in range(0, whole, size):
+                yield from self._submit(view[offset : offset + size])
+            self._buffer += view[whole:]
+            return
         self._buffer += data
-        while len(self._buffer) >= self._block_size:
-            block = bytes(self._buffer[: self._block_size])
-            del self._buffer[: self._block_size]
-            self._pending.append(self._pool.submit(self._compress, block))
-            while len(self._pending) >= 2 * self._workers or (
-                self._pending and self._pending[0].done()
-            ):
-                yield self._pending.popleft().result()
+        while len(self._buffer) >= size:
+            block = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            yield from self._submit(block)
+
+    def _submit(self, block: bytes | memoryview) -> Iterator[bytes]:
+        self._pending.append(self._pool.submit(self._compress, block))
+        while len(self._pending) >= 2 * self._workers or (
+            self._pending and self._pending[0].done()
+        ):
+            yield self._pending.popleft().result()
 
     def finish(self) -> Iterator[bytes]:
         if self._buffer or not self._pending:
@@ -184,7 +197,7 @@ class PipeGzip:
         """The child's process ID (kept after it is reaped, for diagnostics)."""
         return self._process.pid
 
-    def write(self, data: bytes | memoryview) -> Iterator[bytes]:
+    def write(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         view = memoryview(data).cast("B")
         if not view:
             return
@@ -252,8 +265,9 @@ class PipeGzip:
 
 
 def _isal_level(level: int) -> int:
-    """zlib's 0..9 onto ISA-L's 0..3: 1 (cache-img's level) stays 1, ISA-L's fast default."""
-    return 0 if level <= 0 else 1 if level == 1 else 2 if level <= 5 else 3
+    """zlib's 0..9 onto ISA-L's 0..3. ISA-L 0, 1 and 2 cost the same CPU here (about 2 s/GB,
+    bench/gzip_encoders.py) and 2 is the smallest, as small as zlib's 1: so 1..5 is 2."""
+    return 0 if level <= 0 else 2 if level <= 5 else 3
 
 
 def import_optional(name: str) -> ModuleType | None:
@@ -305,9 +319,7 @@ def available_encoders(
         found.append(
             EncoderChoice(
                 "pigz",
-                lambda level, n: PipeGzip(
-                    "pigz", (pigz, f"-{max(level, 1)}", "-n", f"-p{n}", "-c")
-                ),
+                lambda level, n: PipeGzip("pigz", (pigz, f"-{level}", "-n", f"-p{n}", "-c")),
             )
         )
     found.append(EncoderChoice("zlib", ZlibGzip))

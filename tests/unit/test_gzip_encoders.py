@@ -129,6 +129,24 @@ def test_memoryview_input_is_accepted() -> None:
         assert gzip.decompress(bytes(out)) == data, name
 
 
+@pytest.mark.parametrize("name", AVAILABLE)
+@pytest.mark.usefixtures("deadline")
+def test_a_buffer_reused_by_the_caller_after_write_does_not_change_the_output(name: str) -> None:
+    original = text_bytes(3 * MiB)
+    buffer = bytearray(original)
+    encoder = open_gzip_encoder(1, 2, encoder=name)
+    out = bytearray()
+    try:
+        for part in encoder.write(buffer):
+            out += part
+        buffer[:] = bytes(len(buffer))  # as a reader that refills its buffer would
+        for part in encoder.finish():
+            out += part
+    finally:
+        encoder.close()
+    assert gzip.decompress(bytes(out)) == original
+
+
 # A child that fails or dies
 
 
