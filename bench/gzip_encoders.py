@@ -312,7 +312,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--output", type=Path, help="also write the table here")
-    parser.add_argument("--only", help="run only the cases whose label contains this")
+    parser.add_argument(
+        "--only", help="run only the cases whose label contains one of these (comma-separated)"
+    )
     args = parser.parse_args(argv)
     work = image_set.scratch_dir(args.work_dir)
     try:
@@ -326,7 +328,7 @@ def main(argv: list[str]) -> int:
         )
         results = []
         for case in cases(sys.executable):
-            if args.only and args.only not in case.label:
+            if args.only and not any(part in case.label for part in args.only.split(",")):
                 continue
             try:
                 result = run_case(case, corpus, out, args.runs, log_path)

@@ -5,7 +5,9 @@ PyPI ``isal`` library (ISA-L) in threads, the ``igzip`` program (Debian package 
 same ISA-L) through a pipe, the PyPI ``zlib-ng`` library in threads, ``pigz`` through a pipe,
 and zlib in threads (:class:`forklift_boot.compression.ParallelGzip`), which is always there.
 Every one writes a standard gzip stream, the library ones as concatenated members (RFC 1952
-§2.2), which Docker, containerd, gzip and Python read as one stream.
+§2.2), which Docker, containerd, gzip and Python read as one stream. Every one is
+deterministic: its output depends on the input and the level only, not on the thread count or
+timing (the library ones cut fixed blocks; igzip and pigz get ``-n``: no name, no mtime).
 """
 
 from __future__ import annotations
@@ -245,7 +247,7 @@ class PipeGzip:
         detail = f": {lines[-1]}" if lines else ""
         return GzipEncoderError(
             f"gzip encoder {self.name} {what} ({status}{detail}); "
-            "rerun, or uninstall it to use zlib"
+            f"rerun; if it fails again, remove the package that installs {self.name} to use zlib"
         )
 
     def close(self) -> None:
