@@ -147,6 +147,30 @@ def test_a_buffer_reused_by_the_caller_after_write_does_not_change_the_output(na
     assert gzip.decompress(bytes(out)) == original
 
 
+@pytest.mark.usefixtures("deadline")
+def test_one_write_much_larger_than_the_pipes_does_not_deadlock() -> None:
+    # cat gives back all it reads: the output fills the pipe long before the input is written,
+    # so write() must read while it writes. cat is everywhere, igzip and pigz may not be.
+    data = random_bytes(24 * MiB, seed=6)
+    encoder = PipeGzip("cat", ("cat",))
+    out = bytearray()
+    try:
+        for part in encoder.write(data):
+            out += part
+        for part in encoder.finish():
+            out += part
+    finally:
+        encoder.close()
+    assert out == data
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+@pytest.mark.usefixtures("deadline")
+def test_one_large_write_to_a_program_round_trips(name: str) -> None:
+    data = random_bytes(24 * MiB, seed=7)
+    assert gzip.decompress(compress(open_gzip_encoder(1, 2, encoder=name), data, len(data))) == data
+
+
 # A child that fails or dies
 
 
