@@ -1,0 +1,1 @@
+"""The image stores forklift-boot copies from and loads into: Docker, containerd, registries."""
