@@ -80,7 +80,8 @@ def tar_split_lines(tar_bytes: bytes) -> list[dict[str, Any]]:
             except UnicodeDecodeError:
                 name = {"name_raw": base64.b64encode(raw_name).decode()}
             size = info.size if info.isreg() else 0
-            entries.append({"type": 1, **name, "size": size, "payload": None})
+            # As tar-split's Go encoder writes them: no "size" when 0.
+            entries.append({"type": 1, **name, **({"size": size} if size else {}), "payload": None})
             done = info.offset_data + size
     segment(tar_bytes[done:])
     for position, entry in enumerate(entries):
@@ -305,6 +306,7 @@ def test_name_raw_is_used_for_non_utf8_names(tmp_path: Path) -> None:
         (lambda es: [{**es[0], "payload": "not base64!"}, *es[1:]], "corrupt tar-split"),
         (lambda es: [es[0], {**es[1], "size": -1}, *es[2:]], "bad size"),
         (lambda es: [es[0], {**es[1], "size": "5"}, *es[2:]], "bad size"),
+        (lambda es: [{**es[0], "payload": None}, *es[1:]], "rebuild a tar of"),
         (lambda es: [es[0], {k: v for k, v in es[1].items() if k != "type"}, *es[2:]], "'type'"),
         (lambda es: es[:-1], "rebuild a tar of"),  # the end-of-archive segment lost
     ],

@@ -287,10 +287,12 @@ class LayerReader(io.RawIOBase):
                 kind = entry["type"]
                 if entry["position"] != position:
                     raise ValueError(f"entry {position} says position {entry['position']}")
+                # tar-split (Go) omits a zero size and an empty name, and writes an empty
+                # payload as "" or null.
                 if kind == _SEGMENT:
-                    payload = a2b(entry["payload"], strict_mode=True)
+                    payload = a2b(entry["payload"] or "", strict_mode=True)
                 elif kind == _FILE:
-                    size = entry["size"]
+                    size = entry.get("size", 0)
                     if type(size) is not int or size < 0:
                         raise ValueError(f"entry {position}: bad size {size!r}")
                 else:
