@@ -414,3 +414,106 @@ def test_sparse_files_do_not_rebuild_and_are_refused(
         assert reader.size > 64 << 20  # the holes came back as zeros
         assert reader.digest is None
     assert "sha256" in docker_save_error(daemon, sparse_image)
+
+
+# Tampering with the real store (restored afterwards) and layers that vanish mid-read.
+
+
+def layer_of(store: ClassicStore, image_id: str, index: int) -> tuple[str, str]:
+    diff_ids = config_diff_ids(store.image_config(image_id))
+    return chain_ids(diff_ids)[index], diff_ids[index]
+
+
+def test_a_changed_byte_in_a_diff_file_is_refused(
+    client: docker.DockerClient, built_image: str
+) -> None:
+    store = open_store(client)
+    chain_id, diff_id = layer_of(store, built_image, 1)
+    path = store.layer_paths(chain_id).diff_dir / "big" / "file"
+    original = path.read_bytes()
+    changed = bytearray(original)
+    changed[3 << 20] ^= 0x40
+    path.write_bytes(changed)
+    try:
+        reader = store.open_layer(chain_id, diff_id)
+        with pytest.raises(DirectReadError, match="the files rebuild a tar of sha256:"):
+            read_layer(reader)
+        assert reader.digest is None
+    finally:
+        path.write_bytes(original)
+    assert read_layer(store.open_layer(chain_id, diff_id))[0] == diff_id
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_damaged_tar_split_file_is_refused(
+    client: docker.DockerClient, built_image: str, damage: str
+) -> None:
+    store = open_store(client)
+    chain_id, diff_id = layer_of(store, built_image, 2)
+    path = store.layer_paths(chain_id).layer_dir / "tar-split.json.gz"
+    original = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(original[: len(original) // 2])
+    try:
+        with pytest.raises(DirectReadError, match="tar-split"):
+            read_layer(store.open_layer(chain_id, diff_id))
+    finally:
+        path.write_bytes(original)
+
+
+def test_a_config_that_changed_is_refused(client: docker.DockerClient, built_image: str) -> None:
+    store = open_store(client)
+    path = store.image_dir / "imagedb" / "content" / "sha256" / built_image.split(":")[1]
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b'"os":"linux"', b'"os":"Linux"'))
+    try:
+        with pytest.raises(DirectReadError, match="changed"):
+            store.image_config(built_image)
+    finally:
+        path.write_bytes(original)
+
+
+def test_an_image_removed_mid_read_is_refused(client: docker.DockerClient) -> None:
+    files = {f"f/{i}": data(3 << 20, f"rmi{i}") for i in range(4)}
+    image_id = build(client, "fbtest/removed:1", files, [])
+    store = open_store(client)
+    chain_id, diff_id = layer_of(store, image_id, 1)
+    chunks = store.open_layer(chain_id, diff_id).chunks()
+    next(chunks)  # the first MiB of f/0 is out, f/1 to f/3 are not open yet
+    client.images.remove(image_id)
+    with pytest.raises(DirectReadError, match=r"'f/1': No such file"):
+        for _ in chunks:
+            pass
+
+
+def test_known_layers_are_not_read(
+    client: docker.DockerClient, daemon: DockerDaemon, built_image: str, committed_image: str
+) -> None:
+    """Reading only the committed image's new layer reads its files and nothing of the four
+    layers it shares with the built image (counted, from the sizes docker save reports)."""
+    counter = ReadCounter()
+    store = open_store(client, counter)
+    top = saved_layers(daemon, committed_image)[-1]
+    diff_ids = config_diff_ids(store.image_config(committed_image))
+    before = counter.bytes_read
+    assert (
+        before
+        == os.stat(
+            store.image_dir / "imagedb" / "content" / "sha256" / committed_image.split(":")[1]
+        ).st_size
+    )
+    chain_id = chain_ids(diff_ids)[-1]
+    assert read_layer(store.open_layer(chain_id, diff_ids[-1]))[0] == diff_ids[-1]
+    paths = store.layer_paths(chain_id)
+    metadata = sum(
+        (paths.layer_dir / name).stat().st_size
+        for name in ("diff", "cache-id", "cache-id", "tar-split.json.gz")
+    )
+    contents = sum(m.size for m in top.members if m.isreg())
+    assert counter.bytes_read - before == contents + metadata
+    # the config; cache-id (twice: open_layer and layer_paths above), diff, tar-split; files
+    files = sum(1 for m in top.members if m.isreg() and m.size)
+    assert counter.files_opened == 1 + 4 + files
+    assert counter.layers_opened == 1
