@@ -243,6 +243,7 @@ class LayerReader(io.RawIOBase):
     def chunks(self) -> Iterator[memoryview]:
         """The tar in chunks of up to CHUNK_SIZE; each view is valid until the next is asked for."""
         self.counter.layers_opened += 1
+        self.size, self.digest = 0, None
         what = f"layer {self.diff_id}"
         try:
             raw = open(self.paths.layer_dir / "tar-split.json.gz", "rb", buffering=0)  # noqa: SIM115
