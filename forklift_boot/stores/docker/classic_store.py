@@ -277,14 +277,19 @@ class LayerReader(io.RawIOBase):
         pos = 0
         hasher = hashlib.sha256()
         counter = self.counter
-        readline, loads, a2b = tar_split.readline, json.loads, binascii.a2b_base64
+        readline, a2b = tar_split.readline, binascii.a2b_base64
+        # json.loads would detect the encoding and build a decoder for every line.
+        decode = json.JSONDecoder().raw_decode
         readv, fstat, close = os.readv, os.fstat, os.close
         position = 0
         while line := readline(MAX_LINE + 1):
             if len(line) > MAX_LINE:
                 raise DirectReadError(f"couldn't read {what}: tar-split line over {MAX_LINE} bytes")
             try:
-                entry = loads(line)
+                text = line.decode("utf-8")
+                entry, end = decode(text)
+                if end != len(text) and text[end:] != "\n":
+                    raise ValueError(f"entry {position}: more than one JSON value on a line")
                 kind = entry["type"]
                 if entry["position"] != position:
                     raise ValueError(f"entry {position} says position {entry['position']}")
@@ -389,8 +394,16 @@ class _DirWalker:
         self.what = what
         self.names: list[bytes] = []  # the open parent directories, outermost first
         self.fds: list[int] = []
+        self.last_parent: bytes | None = None  # the previous file's parent, as the tar spelt it
 
     def open_file(self, name: bytes) -> int:
+        parent, _, base = name.rpartition(b"/")
+        if parent == self.last_parent and base not in (b"", b".", b"..") and b"\0" not in base:
+            # Most files: a sibling of the previous one, whose parent was checked then.
+            try:
+                return os.open(base, _OPEN_FILE, dir_fd=self.fds[-1] if self.fds else self.root_fd)
+            except OSError as err:
+                raise self._error(name, err) from err
         # dockerd extracts "/a", "./a" and "a" to the same file.
         parts = [p for p in name.split(b"/") if p and p != b"."]
         if not parts or b".." in parts or len(parts) > MAX_DEPTH or b"\0" in name:
@@ -402,22 +415,29 @@ class _DirWalker:
                 break
             keep += 1
         self._close_from(keep)
+        self.last_parent = None
         try:
             for part in parents[keep:]:
-                parent = self.fds[-1] if self.fds else self.root_fd
-                self.fds.append(os.open(part, _OPEN_DIR, dir_fd=parent))
+                dir_fd = self.fds[-1] if self.fds else self.root_fd
+                self.fds.append(os.open(part, _OPEN_DIR, dir_fd=dir_fd))
                 self.names.append(part)
-            return os.open(parts[-1], _OPEN_FILE, dir_fd=self.fds[-1] if self.fds else self.root_fd)
+            fd = os.open(parts[-1], _OPEN_FILE, dir_fd=self.fds[-1] if self.fds else self.root_fd)
         except OSError as err:
-            reason = err.strerror
-            if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                reason = "a symlink or non-directory on its path"
-            raise DirectReadError(f"couldn't read {self.what}: {_show(name)}: {reason}") from err
+            raise self._error(name, err) from err
+        self.last_parent = parent
+        return fd
+
+    def _error(self, name: bytes, err: OSError) -> DirectReadError:
+        reason = err.strerror
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            reason = "a symlink or non-directory on its path"
+        return DirectReadError(f"couldn't read {self.what}: {_show(name)}: {reason}")
 
     def _close_from(self, keep: int) -> None:
         while len(self.fds) > keep:
             os.close(self.fds.pop())
             self.names.pop()
+        self.last_parent = None
 
     def close(self) -> None:
         self._close_from(0)
