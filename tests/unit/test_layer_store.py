@@ -341,7 +341,7 @@ def test_a_tar_split_file_that_is_not_gzip(tmp_path: Path) -> None:
 def test_a_missing_tar_split_file(tmp_path: Path) -> None:
     layer = fake_layer(tmp_path, RICH)
     (layer.layer_dir / "tar-split.json.gz").unlink()
-    read_fails(layer, "no tar-split")
+    read_fails(layer, "tar-split.json.gz: No such file")
 
 
 def test_an_oversized_line_is_refused(tmp_path: Path) -> None:
@@ -431,3 +431,13 @@ def test_from_engine_info(tmp_path: Path) -> None:
     assert (store.root, store.driver) == (tmp_path, "overlay2")
     with pytest.raises(DirectReadError, match="GET /info"):
         ClassicStore.from_engine_info({"Driver": "overlay2"})
+
+
+def test_closing_a_half_read_layer_closes_its_files(tmp_path: Path) -> None:
+    layer = fake_layer(tmp_path, RICH)
+    before = len(os.listdir("/proc/self/fd"))
+    reader = layer.open()
+    assert len(reader.read(CHUNK_SIZE + 10)) == CHUNK_SIZE  # one chunk at most per read
+    assert len(os.listdir("/proc/self/fd")) > before  # tar-split, diff dir, app/ and app/big
+    reader.close()
+    assert len(os.listdir("/proc/self/fd")) == before

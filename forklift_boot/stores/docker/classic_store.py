@@ -12,7 +12,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,12 +219,17 @@ class LayerReader(io.RawIOBase):
         self.counter = counter
         self.size = 0  # bytes handed out so far
         self.digest: str | None = None  # set once the whole layer was read and checked
-        self._chunks: Iterator[memoryview] | None = None
+        self._chunks: Generator[memoryview, None, None] | None = None
         self._pending = memoryview(b"")
 
     # The io.RawIOBase side, for consumers that want a file object.
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()  # closes the files of a layer left half-read
+        super().close()
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")
@@ -240,15 +245,18 @@ class LayerReader(io.RawIOBase):
         self._pending = self._pending[n:]
         return n
 
-    def chunks(self) -> Iterator[memoryview]:
+    def chunks(self) -> Generator[memoryview, None, None]:
         """The tar in chunks of up to CHUNK_SIZE; each view is valid until the next is asked for."""
         self.counter.layers_opened += 1
         self.size, self.digest = 0, None
         what = f"layer {self.diff_id}"
+        tar_split_path = self.paths.layer_dir / "tar-split.json.gz"
         try:
-            raw = open(self.paths.layer_dir / "tar-split.json.gz", "rb", buffering=0)  # noqa: SIM115
+            raw = io.FileIO(tar_split_path, "rb")
         except OSError as err:
-            raise DirectReadError(f"couldn't read {what}: no tar-split: {err.strerror}") from err
+            raise DirectReadError(
+                f"couldn't read {what}: {tar_split_path}: {err.strerror}"
+            ) from err
         self.counter.files_opened += 1
         try:
             diff_fd = os.open(self.paths.diff_dir, _OPEN_DIR & ~os.O_NOFOLLOW)
