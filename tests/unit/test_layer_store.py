@@ -441,3 +441,11 @@ def test_closing_a_half_read_layer_closes_its_files(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) > before  # tar-split, diff dir, app/ and app/big
     reader.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_path_twice_in_one_tar_is_refused(tmp_path: Path) -> None:
+    """tar-split's own caveat: the diff dir holds only the last copy, so the first can't be
+    rebuilt; the digest check catches it."""
+    layer = fake_layer(tmp_path, [Member("twice", b"first"), Member("twice", b"later")])
+    assert (layer.diff_dir / "twice").read_bytes() == b"later"
+    read_fails(layer, "the files rebuild a tar of")
