@@ -62,8 +62,9 @@ def shell(command: str) -> Callable[[], object]:
     return lambda: subprocess.run(["sh", "-c", command], check=True, stdout=subprocess.DEVNULL)
 
 
-def timed(step: Callable[[], object], runs: int, cold: bool) -> tuple[float, float]:
-    """Median wall seconds and median CPU seconds of this process and its children."""
+def timed(step: Callable[[], object], runs: int, cold: bool) -> tuple[float, float, list[float]]:
+    """Median wall seconds, median CPU seconds of this process and its children, every run's
+    wall seconds."""
     walls, cpus = [], []
     for _ in range(runs):
         if cold:
@@ -85,7 +86,7 @@ def timed(step: Callable[[], object], runs: int, cold: bool) -> tuple[float, flo
                 for a, b in zip(after, before, strict=True)
             )
         )
-    return statistics.median(walls), statistics.median(cpus)
+    return statistics.median(walls), statistics.median(cpus), walls
 
 
 def main() -> None:
@@ -101,8 +102,8 @@ def main() -> None:
         store = ClassicStore.from_engine_info(client.info(), counter)
         store.check()
         print(f"built in {built.build_seconds:.0f} s; driver {store.driver}, root {store.root}")
-        print("| what | step | cache | s | MB/s | CPU s | x docker save |")
-        print("|---|---|---|---:|---:|---:|---:|")
+        print("| what | step | cache | s | MB/s | CPU s | x docker save | runs (s) |")
+        print("|---|---|---|---:|---:|---:|---:|---|")
         for label, names in (("image a", ["a"]), ("all four", list(built.refs))):
             image_ids = [built.image_ids[name] for name in names]
             layers = layers_of(store, image_ids)
@@ -119,11 +120,11 @@ def main() -> None:
             for cold in (True, False):
                 results = {name: timed(step, args.runs, cold) for name, step in steps.items()}
                 floor = results["docker save > /dev/null"][0]
-                for name, (wall, cpu) in results.items():
+                for name, (wall, cpu, walls) in results.items():
                     print(
                         f"| {label} ({size / MB:.0f} MB, {len(layers)} layers) | {name} | "
                         f"{'cold' if cold else 'warm'} | {wall:.2f} | {size / MB / wall:.0f} | "
-                        f"{cpu:.2f} | {wall / floor:.2f} |"
+                        f"{cpu:.2f} | {wall / floor:.2f} | {' '.join(f'{w:.2f}' for w in walls)} |"
                     )
         client.close()
     shutil.rmtree(work, ignore_errors=True)
