@@ -2,7 +2,7 @@
 
     .venv/pypi/bin/python -m bench.gzip_encode ENCODER LEVEL WORKERS < IN > OUT
 
-ENCODER is a name of forklift_boot.gzip_encoders.PREFERENCE (LEVEL is then zlib's, mapped as
+ENCODER is a name of forklift_boot.archive.gzip_encoders.PREFERENCE (LEVEL is then zlib's, mapped as
 cache-img maps it), ``module:M`` (ThreadedBlockGzip over the zlib-like module M, LEVEL its own),
 ``program:P`` (PipeGzip over ``P -LEVEL -n -c``), or ``zlib-stream``: one zlib stream in this
 thread, like ``gzip -1``. A module of its own so that the measured process
@@ -16,7 +16,12 @@ import shutil
 import sys
 import zlib
 
-from forklift_boot.gzip_encoders import GzipEncoder, PipeGzip, ThreadedBlockGzip, open_gzip_encoder
+from forklift_boot.archive.gzip_encoders import (
+    GzipEncoder,
+    PipeGzip,
+    ThreadedBlockGzip,
+    open_gzip_encoder,
+)
 
 CHUNK = 1 << 20  # what cache-img reads at a time (forklift_boot.cache.BUFFER_SIZE)
 

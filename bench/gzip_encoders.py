@@ -10,7 +10,7 @@ it from memory, no disk, no cache to drop) and each encoder writes its output th
 
 Each encoder runs in its own process under GNU time (``bench.measuring.spawn``), reading the
 corpus on stdin and writing gzip on stdout: the forklift-boot ones through
-``forklift_boot.gzip_encoders`` (bench/gzip_encode.py, 1 MiB writes as cache-img does), the
+``forklift_boot.archive.gzip_encoders`` (bench/gzip_encode.py, 1 MiB writes as cache-img does), the
 programs also alone as a reference. For each: the median wall time of ``--runs`` runs, CPU
 seconds (user + system, children included) per GB of input, the output ratio, the peak RSS of
 the process tree (the sum of each process's high-water mark, sampled), whether the runs' outputs are
@@ -42,7 +42,7 @@ import psutil
 from bench import image_set
 from bench.image_set import MB, RANDOM_FILE_SIZE
 from bench.measuring import Command, StepError, Table, spawn
-from forklift_boot.gzip_encoders import MAX_WORKERS, available_encoders
+from forklift_boot.archive.gzip_encoders import MAX_WORKERS, available_encoders
 
 GB = 1000 * MB
 CHUNK = 1 << 20  # what cache-img reads at a time (forklift_boot.cache.BUFFER_SIZE)

@@ -1,4 +1,4 @@
-"""forklift_boot.gzip_encoders: every encoder on this machine round-trips through Python's gzip,
+"""forklift_boot.archive.gzip_encoders: every encoder on this machine round-trips through Python's gzip,
 a child that dies raises instead of hanging, close() leaves no child, and the choice falls
 back to zlib."""
 
@@ -16,9 +16,8 @@ from types import FrameType, ModuleType
 import psutil
 import pytest
 
-from forklift_boot import compression
-from forklift_boot.errors import CacheError
-from forklift_boot.gzip_encoders import (
+from forklift_boot.archive import gzip as compression
+from forklift_boot.archive.gzip_encoders import (
     LIBRARY_BLOCK_SIZE,
     MAX_WORKERS,
     PREFERENCE,
@@ -28,6 +27,7 @@ from forklift_boot.gzip_encoders import (
     available_encoders,
     open_gzip_encoder,
 )
+from forklift_boot.errors import CacheError
 
 AVAILABLE = [choice.name for choice in available_encoders()]
 PROGRAMS = [name for name in AVAILABLE if name in ("igzip", "pigz")]

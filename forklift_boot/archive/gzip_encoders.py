@@ -3,7 +3,7 @@
 Encoders, fastest first by bench/gzip_encoders.py on a 2-core amd64 VM (see PREFERENCE): the
 PyPI ``isal`` library (ISA-L) in threads, the ``igzip`` program (Debian package ``isal``, the
 same ISA-L) through a pipe, the PyPI ``zlib-ng`` library in threads, ``pigz`` through a pipe,
-and zlib in threads (:class:`forklift_boot.compression.ParallelGzip`), which is always there.
+and zlib in threads (:class:`forklift_boot.archive.gzip.ParallelGzip`), which is always there.
 Every one writes a standard gzip stream, the library ones as concatenated members (RFC 1952
 §2.2), which Docker, containerd, gzip and Python read as one stream. Every one is
 deterministic: its output depends on the input and the level only, not on the thread count or
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
-from forklift_boot.compression import ParallelGzip
+from forklift_boot.archive.gzip import ParallelGzip
 from forklift_boot.errors import CacheError
 
 log = logging.getLogger(__name__)
