@@ -1,15 +1,18 @@
 """Layered pallets: a pallet's own copy of a file of an imported package wins, at every level.
 
 Forklift v0.8.0 merges a pallet with its required pallets into one filesystem
-(``internal/app/forklift/pallets-merging.go``: ``MergeFSPallet``; ``MergeFS.Open`` tries the
+(``internal/app/forklift/pallets-merging.go``: ``MergeFSPallet``, lines 23-76, which merges
+each required pallet first, recursively; ``mergePalletImports``, lines 186-242, which follows an
+imported file to the pallet that really has it; ``MergeFS.Open``, lines 424-462, which tries the
 pallet's own files (the overlay) first and the imported ones only for a missing file;
-``MergeFS.Sub`` makes a package's filesystem a sub-tree of that merged view, whose ``Path`` is
-inside the pallet's own directory). A package named ``/packages/...`` is loaded from that
-merged pallet (``internal/app/forklift/pallets.go``: ``LoadPkgReq``, ``LoadFSPkg``;
-``internal/app/forklift/cli/requirements-repositories.go``: the pallet is its own repository).
-Its compose files are opened through that filesystem and compose-go is handed its ``Path`` as
-the working dir (``internal/clients/docker/compose-loading.go``: ``LoadAppDefinition``), so
-``include:`` and ``extends: file:`` are read from disk relative to the pallet's own directory.
+``MergeFS.Sub``, lines 465-486, which makes a package's filesystem a sub-tree of that merged
+view, whose ``Path`` is inside the pallet's own directory). A package named ``/packages/...`` is
+loaded from that merged pallet (``internal/app/forklift/pallets.go``: ``LoadPkgReq``,
+``LoadFSPkg``; ``internal/app/forklift/cli/requirements-repositories.go``: the pallet is its own
+repository). Its compose files are opened through that filesystem and compose-go is handed its
+``Path`` as the working dir (``internal/clients/docker/compose-loading.go``:
+``LoadAppDefinition``, lines 21-56), so ``include:`` and ``extends: file:`` are read from disk
+relative to the pallet's own directory.
 
 The fixtures follow the layering of Forklift's example pallets: ``top`` requires ``middle``,
 which requires ``base``; each imports all deployments and packages of the one below and keeps its

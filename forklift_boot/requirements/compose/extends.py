@@ -53,7 +53,7 @@ def _extend(
     where = str(file)
     if ref_file is not None:
         ref_path = join(services_dir, ref_file)
-        check_within(ref_path, ctx, f"`extends` file of service {name} in {file}")
+        check_within(ref_path, ctx, f"the `extends` file of service {name}")
         services, ref_resets = _services_to_extend(
             name, ref, ref_path=ref_path, ref_file=ref_file, file=file, ctx=ctx
         )

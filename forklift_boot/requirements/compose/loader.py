@@ -52,7 +52,7 @@ def _apply_includes(data: dict[str, Any], file: Path, ctx: Context) -> None:
             continue
         files = [join(ctx.resolver_dir, path) for path in paths]
         for included_file in files:
-            check_within(included_file, ctx, f"`include` of {file}")
+            check_within(included_file, ctx, "an `include` path")
         if files[0] in included:
             chain = " include ".join(str(f) for f in [*included[1:], files[0]])
             raise ComposeError(f"include cycle detected: {included[0]} include {chain}")
@@ -60,7 +60,7 @@ def _apply_includes(data: dict[str, Any], file: Path, ctx: Context) -> None:
         project = join(ctx.working_dir, project_dir) if project_dir else files[0].parent
         env_paths = _include_env_files(env_files, project, ctx)
         for env_path in env_paths:
-            check_within(env_path, ctx, f"`include` env_file of {file}")
+            check_within(env_path, ctx, "an `include` env_file")
         file_env = read_env_files(env_paths, ctx.env)
         # types.Mapping.Merge: the environment wins over the env files.
         env = {**file_env, **ctx.env}
