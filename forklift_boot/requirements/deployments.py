@@ -39,9 +39,10 @@ def images_of_deployment(
         # the pallet wins, clients/docker/compose-loading.go) but names it, and hands
         # compose-go the directory, as inside the package's path (MergeFS.Path).
         directory = package.directory
+        files = [directory.path / name for name in names]  # a file may be listed twice
         sources = {directory.path / name: directory.file(name, package.file) for name in names}
         services = load_compose_services(
-            list(sources),
+            files,
             directory.path,
             compose_app_name(deployment),
             sources=sources,

@@ -239,3 +239,34 @@ def test_extends_file_from_the_pallets_own_package_directory(tmp_path: Path) -> 
         "middle/tls:2",
         "top/db-tuned:3",
     ]
+
+
+def test_a_compose_file_listed_twice_is_loaded_twice_in_order(
+    tmp_path: Path,
+) -> None:
+    """Forklift passes every listed file to compose-go in order, repeats included
+    (``internal/app/forklift/pallets-deployments.go``, lines 125-133: the deployment's files, then each
+    enabled feature's, features sorted by name)."""
+    workspace = tmp_path / "ws"
+    _base(workspace)
+    _middle(workspace)
+    pallet = _top(
+        tmp_path / "top",
+        {
+            "deployments/web.deploy.yml": "package: /packages/web\nfeatures: [undo, tls]\n",
+            "packages/web/forklift-package.yml": """
+                deployment:
+                  compose-files: [compose.yml]
+                features:
+                  tls:
+                    compose-files: [compose-tls.yml]
+                  undo:
+                    compose-files: [compose.yml]
+            """,
+            "packages/web/compose-tls.yml": _service("web", "top/web-tls:3"),
+        },
+    )
+    # web loads compose.yml (base's: base/web:1), compose-tls.yml (top's own, which sets web's
+    # image to top/web-tls:3), then compose.yml again (feature undo sorts after tls), so web's
+    # image is base/web:1 again.
+    assert _images(pallet, workspace) == ["base/db:1", "base/web:1", "middle/cache:2"]
