@@ -241,12 +241,10 @@ def test_extends_file_from_the_pallets_own_package_directory(tmp_path: Path) -> 
     ]
 
 
-def test_a_compose_file_listed_twice_is_loaded_twice_in_order(
-    tmp_path: Path,
-) -> None:
+def test_a_compose_file_listed_twice_is_loaded_twice_in_order(tmp_path: Path) -> None:
     """Forklift passes every listed file to compose-go in order, repeats included
-    (``internal/app/forklift/pallets-deployments.go``, lines 125-133: the deployment's files, then each
-    enabled feature's, features sorted by name)."""
+    (``internal/app/forklift/pallets-deployments.go``, lines 125-133: the deployment's files,
+    then each enabled feature's, features sorted by name)."""
     workspace = tmp_path / "ws"
     _base(workspace)
     _middle(workspace)
