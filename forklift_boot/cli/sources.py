@@ -8,7 +8,7 @@ from pathlib import Path
 
 from forklift_boot import requirements
 from forklift_boot.config import Settings
-from forklift_boot.errors import ImageRefError, UsageError
+from forklift_boot.errors import ImageRefError, RequirementsError, UsageError
 from forklift_boot.refs import parse_image_ref
 from forklift_boot.requirements import RequiredImage
 
@@ -38,6 +38,7 @@ def required_images(args: argparse.Namespace, settings: Settings) -> list[Requir
         raise UsageError("--with-file-exports applies to pallets, bundles and the stage store")
 
     if args.pallet:
+        _check_workspace(settings)
         return requirements.list_pallet_images(
             Path(args.pallet),
             settings.workspace_dir,
@@ -70,6 +71,17 @@ def names_images(args: argparse.Namespace) -> bool:
         or args.bundles is not None
         or bool(args.include_disabled or args.with_file_exports)
     )
+
+
+def _check_workspace(settings: Settings) -> None:
+    """Forklift's LoadWorkspace: a workspace that was named must exist (a pallet needs it for
+    its required repositories and pallets; stage stores and bundles need none)."""
+    if settings.workspace_given and not settings.workspace_dir.is_dir():
+        raise RequirementsError(
+            f"couldn't find workspace at {settings.workspace_dir}; pass an existing directory "
+            "to --workspace (or FORKLIFT_WORKSPACE)",
+            settings.workspace_dir,
+        )
 
 
 def _read_images_file(name: str) -> tuple[list[str], str]:
