@@ -426,3 +426,51 @@ def test_the_cache_units_sandbox_keeps_containerd_and_the_cache_on_one_mount(
         dropin.unlink()
         installed.run("systemctl", "daemon-reload")
         installed.run("rm", "-f", probe, linked)
+
+
+def test_the_oneshot_units_move_images_through_containerd(
+    installed: BootedContainer, refs: list[str]
+) -> None:
+    # Their sandboxes leave `ctr` (a Go program, under the same system call filter) and
+    # containerd's socket working: from the cache into containerd, and from there into a cache.
+    assert start(installed, CACHE_UNIT)["Result"] == "success"
+    load_dropin = installed.root / f"etc/systemd/system/{LOAD_UNIT}.d/containerd.conf"
+    cache_dropin = installed.root / f"etc/systemd/system/{CACHE_UNIT}.d/containerd.conf"
+    for dropin in (load_dropin, cache_dropin):
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+    load_dropin.write_text(
+        "[Service]\nExecStart=\n"
+        "ExecStart=/usr/bin/forklift-boot load-img --into containerd --namespace fbtest\n"
+    )
+    cache_dropin.write_text(
+        "[Service]\nExecStart=\nExecStart=/usr/bin/forklift-boot cache-img --from containerd"
+        " --namespace fbtest --cache-dir /var/cache/fb-ctr\n"
+    )
+    try:
+        installed.run("systemctl", "daemon-reload")
+        props = start(installed, LOAD_UNIT, check=False)
+        journal = last_run_journal(installed, LOAD_UNIT)
+        assert props["Result"] == "success", journal
+        assert "Traceback" not in journal, journal
+        names = installed.run("ctr", "-n", "fbtest", "images", "ls", "-q").stdout.split()
+        assert names, journal
+
+        props = start(installed, CACHE_UNIT, check=False)
+        journal = last_run_journal(installed, CACHE_UNIT)
+        assert props["Result"] == "success", journal
+        assert "Traceback" not in journal, journal
+        assert "cached 5/5 images (5 new)" in journal, journal
+        listing = json.loads(
+            installed.run(
+                "forklift-boot", "cache", "ls-img", "--json", "--cache-dir", "/var/cache/fb-ctr"
+            ).stdout
+        )
+        assert {ref for image in listing["images"] for ref in image["refs"]} == set(refs)
+    finally:
+        load_dropin.unlink()
+        cache_dropin.unlink()
+        installed.run("systemctl", "daemon-reload")
+        installed.run("rm", "-rf", "/var/cache/fb-ctr")
+        installed.run(
+            "sh", "-c", "ctr -n fbtest images ls -q | xargs -r ctr -n fbtest images rm", check=False
+        )
