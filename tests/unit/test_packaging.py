@@ -227,7 +227,11 @@ def test_serve_is_a_notify_service_on_loopback() -> None:
     assert values(unit, "Install", "WantedBy") == ["multi-user.target"]
     # Not root: the cache is named (root's default), and the sandbox shows it read-only.
     cache = "/var/cache/forklift/images"
-    assert values(unit, "Service", "Environment") == [f"FORKLIFT_BOOT_CACHE_DIR={cache}"]
+    # HOME: a transient user has no passwd entry (without nss-systemd), and no home.
+    assert values(unit, "Service", "Environment") == [
+        f"FORKLIFT_BOOT_CACHE_DIR={cache}",
+        "HOME=/nonexistent",
+    ]
     assert values(unit, "Service", "BindReadOnlyPaths") == [f"-{cache}"]
     for key in ("CacheDirectory", "StateDirectory", "RuntimeDirectory", "LogsDirectory"):
         assert setting(unit, "Service", key) is None, key
