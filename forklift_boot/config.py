@@ -37,7 +37,14 @@ def workspace_dir(flag: str | None, env: Mapping[str, str]) -> Path:
         return Path(flag)
     if env.get("FORKLIFT_WORKSPACE"):
         return Path(env["FORKLIFT_WORKSPACE"])
-    return Path(env["HOME"]) if env.get("HOME") else Path.home()
+    if env.get("HOME"):
+        return Path(env["HOME"])
+    try:
+        return Path.home()
+    except RuntimeError:
+        # No $HOME and no passwd entry (systemd's DynamicUser=): Debian's name for "no home";
+        # only a pallet run needs a workspace, and it then says this one doesn't exist.
+        return Path("/nonexistent")
 
 
 def stage_store_dir(
