@@ -14,7 +14,7 @@ from datetime import UTC
 import requests
 
 from forklift_boot import __version__
-from forklift_boot.errors import RegistryError
+from forklift_boot.errors import RegistryError, RegistryUnreachableError
 from forklift_boot.stores.registry.endpoints import is_loopback_host
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "USER_AGENT",
     "Attempts",
+    "Deadline",
     "MinimumRate",
     "RegistryAccessError",
     "RegistryConnectionError",
@@ -52,8 +53,25 @@ class RegistryAccessError(RegistryError):
     """The registry refused our credentials, or needs some (HTTP 401/403)."""
 
 
-class RegistryConnectionError(RegistryError):
+class RegistryConnectionError(RegistryUnreachableError):
     """The registry (or its token service) can't be reached: refused, timed out, TLS."""
+
+
+class Deadline:
+    """One bound on every request of a run, from its first: once ``seconds`` have passed, no
+    request is sent, and none waits past it (load-img's read-through must not stall a boot)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._ends_at: float | None = None
+
+    def remaining(self) -> float:
+        """Seconds left; the clock starts at the first call."""
+        now = self._clock()
+        if self._ends_at is None:
+            self._ends_at = now + self.seconds
+        return self._ends_at - now
 
 
 @dataclass(frozen=True)
@@ -161,10 +179,14 @@ class Transport:
         self,
         retry: RetryPolicy,
         *,
+        timeout: tuple[float, float] = TIMEOUT,
+        deadline: Deadline | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.retry = retry
+        self.timeout = timeout  # (connect, read): a read timeout also bounds the first byte
+        self.deadline = deadline
         self._sleep = sleep
         self._rand = rand
         self._local = threading.local()
@@ -198,6 +220,19 @@ class Transport:
     def backoff(self, attempt: int) -> float:
         return self.retry.backoff(attempt, self._rand)
 
+    def timeout_now(self, what: str, at: str) -> tuple[float, float]:
+        """The (connect, read) timeouts of the next request, cut to what the deadline leaves;
+        RegistryConnectionError once it has passed."""
+        if self.deadline is None:
+            return self.timeout
+        remaining = self.deadline.remaining()
+        if remaining <= 0:
+            raise RegistryConnectionError(
+                f"couldn't {what} {at}: registries had {self.deadline.seconds:g} s to answer "
+                "in this run, and that time is up"
+            )
+        return (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+
     def pause(self, attempt: int) -> None:
         """Sleeps the backoff delay after the ``attempt``-th failure."""
         self._sleep(self.backoff(attempt))
@@ -223,6 +258,7 @@ class Transport:
         """One attempt of a request to ``host``'s registry, its body streaming: the response
         whatever its status, or None after waiting out a dropped connection when attempts
         are left. TLS failures, the last dropped connection and malformed requests raise."""
+        timeout = self.timeout_now(what, at)
         try:
             return self.session(host).request(
                 method,
@@ -231,7 +267,7 @@ class Transport:
                 params=params,
                 data=body,
                 stream=True,
-                timeout=TIMEOUT,
+                timeout=timeout,
                 # A redirected upload would need its body again: uploads never follow.
                 allow_redirects=method in ("GET", "HEAD"),
             )
@@ -283,6 +319,8 @@ class Transport:
         self._wait_within(tries, delay, at, what, problem)
 
     def _affords(self, tries: Attempts, delay: float) -> bool:
+        if self.deadline is not None and delay >= self.deadline.remaining():
+            return False
         return tries.waited + delay <= self.retry.max_total_wait
 
     def _wait_within(self, tries: Attempts, delay: float, at: str, what: str, problem: str) -> None:
