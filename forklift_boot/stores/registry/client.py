@@ -30,6 +30,7 @@ from forklift_boot.stores.registry.transport import (
     MinimumRate,
     RegistryAccessError,
     RegistryConnectionError,
+    RegistryUnavailableError,
     RetryPolicy,
     Transport,
     is_retry_status,
@@ -297,7 +298,7 @@ class RegistryClient:
             if status == 429 or 500 <= status <= 599:
                 response.close()
                 if attempt >= attempts:
-                    raise RegistryError(
+                    raise RegistryUnavailableError(
                         f"couldn't {what} {at}: its token service "
                         f"{service} answered HTTP {status}; try again later"
                     )

@@ -26,6 +26,7 @@ __all__ = [
     "MinimumRate",
     "RegistryAccessError",
     "RegistryConnectionError",
+    "RegistryUnavailableError",
     "RetryPolicy",
     "Transport",
     "is_retry_status",
@@ -55,6 +56,11 @@ class RegistryAccessError(RegistryError):
 
 class RegistryConnectionError(RegistryUnreachableError):
     """The registry (or its token service) can't be reached: refused, timed out, TLS."""
+
+
+class RegistryUnavailableError(RegistryUnreachableError):
+    """The registry (or its token service) answers only "not now" (429, 5xx), more often or
+    for longer than the retry policy waits: as good as unreachable for this run."""
 
 
 class Deadline:
@@ -300,18 +306,18 @@ class Transport:
         response.close()
         problem = f"HTTP {status}" + (", too many requests" if status == 429 else "")
         if retry_after is not None and retry_after > self.retry.max_retry_after:
-            raise RegistryError(
+            raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem}, and it asks to wait "
                 f"{retry_after:.0f} s; try again later (Docker Hub: log in for a higher "
                 "rate limit, or use --registry-mirror)"
             )
         if tries.last:
-            raise RegistryError(
+            raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem} {tries.number} times; try again later"
             )
         delay = retry_after if retry_after is not None else self.backoff(tries.number)
         if not self._affords(tries, delay):
-            raise RegistryError(
+            raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem} {tries.number} times, and waiting "
                 f"{delay:.0f} s more would take it past {self.retry.max_total_wait:g} s of "
                 "waiting; try again later"
