@@ -115,8 +115,9 @@ def load_images(
 
 
 def _source(outcome: ImageOutcome) -> str | None:
-    """Where the image in the engine came from: it was there already, or the cache."""
-    if outcome.status == PRESENT:
+    """Where the image in the engine came from: it was there already (perhaps under other
+    names), or the cache."""
+    if outcome.status in (PRESENT, TAGGED):
         return FROM_DOCKER
     return None if outcome.status == MISSING else FROM_CACHE
 
