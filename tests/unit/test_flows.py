@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from forklift_boot import cli
 from forklift_boot.cache import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER,
@@ -795,3 +796,34 @@ def test_load_without_fetch_reports_sources_in_json_only(tmp_path: Path) -> None
     assert report.to_json()["images"][0]["source"] == "cache"
     assert "from registries" not in report.summary()
     assert "(1 loaded, 0 tagged, 0 already there)" in report.summary()
+
+
+def test_cache_del_img_drops_kept_digests_that_no_bundle_pins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What load-img --fetch newer kept as name@digest stays while a bundle pins it (either
+    spelling) and goes with ``cache del-img`` once none does."""
+    cache_dir, stages = tmp_path / "cache", tmp_path / "stages"
+    pinned, unpinned = _manifest_digest(IMAGE_B), _manifest_digest(IMAGE_C)
+    fill(
+        cache_dir,
+        {
+            A1: (IMAGE_A, ["a:1"]),
+            f"docker.io/library/a@{pinned}": (IMAGE_B, [f"docker.io/library/a@{pinned}"]),
+            f"docker.io/library/a@{unpinned}": (IMAGE_C, [f"docker.io/library/a@{unpinned}"]),
+        },
+    )
+    (stages / "1").mkdir(parents=True)
+    (stages / "1/forklift-bundle.yml").write_text(
+        "forklift-version: v0.8.0-alpha.6\n"
+        "exports:\n  apps/demo:\n    compose-app:\n      images:\n"
+        f"        - a:1\n        - a:1@{pinned}\n"
+    )
+    (stages / "forklift-stage-store.yml").write_text("staged:\n  next: 1\n")
+    argv = ["cache", "del-img", "--cache-dir", str(cache_dir), "--stage-store", str(stages)]
+
+    code = cli.main(argv, env={"HOME": str(tmp_path)})
+
+    assert code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == f"deleted docker.io/library/a@{unpinned}\n"
+    assert set(cached(cache_dir)) == {A1, f"docker.io/library/a@{pinned}"}
