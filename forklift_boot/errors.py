@@ -46,3 +46,7 @@ class EngineUnavailableError(EngineError):
 
 class RegistryError(ForkliftBootError):
     """A registry refused or failed a request."""
+
+
+class RegistryUnreachableError(RegistryError):
+    """A registry can't be reached: refused, timed out, silent, TLS failed."""

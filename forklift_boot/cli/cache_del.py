@@ -24,10 +24,13 @@ def cache_delete(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     if args.refs:
         names = {canonical(ref) for ref in args.refs}
     else:
-        needed = {
-            image.ref.with_default_tag().canonical
-            for image in requirements.list_every_stage_store_image(settings.stage_store_dir)
-        }
+        needed: set[str] = set()
+        for image in requirements.list_every_stage_store_image(settings.stage_store_dir):
+            needed.add(image.ref.with_default_tag().canonical)
+            # load-img loads name:tag@digest from a name@digest entry when it has no entry of
+            # its own (an image load-img --fetch newer kept after its tag moved on).
+            if image.ref.digested is not None:
+                needed.add(image.ref.digested)
         with cache.reading() as reader:
             names = {image.canonical for image in reader.images()} - needed
     with cache.writing() as writer:

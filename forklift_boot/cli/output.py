@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from forklift_boot.cache import human_bytes
@@ -115,6 +116,17 @@ def progress_for(verb: str, settings: Settings) -> Progress:
     if settings.notify_socket:
         progress = SystemdProgress(verb, progress)
     return progress
+
+
+def status_for(settings: Settings) -> Callable[[str], None]:
+    """A line for systemd's ``STATUS=`` when systemd listens, and the debug log."""
+
+    def status(text: str) -> None:
+        log.debug("%s", text)
+        if settings.notify_socket:
+            notify(f"STATUS={text}")
+
+    return status
 
 
 def print_report(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from forklift_boot import cli
 from forklift_boot.cache import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER,
@@ -32,14 +33,19 @@ from forklift_boot.errors import (
     EngineError,
     EngineUnavailableError,
     RegistryError,
+    RegistryUnreachableError,
 )
 from forklift_boot.flows import FallbackSource, cache_images, load_images
+from forklift_boot.flows.read_through import FETCH_MISSING, FETCH_NEWER, ReadThrough
 from forklift_boot.images import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
 from forklift_boot.refs import ImageRef, parse_image_ref
 from forklift_boot.report import (
     ALREADY_CACHED,
     CACHED,
     FAILED,
+    FROM_CACHE,
+    FROM_DOCKER,
+    FROM_REGISTRY,
     LOADED,
     MISSING,
     PRESENT,
@@ -608,3 +614,216 @@ def test_load_after_cache_with_the_same_fakes(tmp_path: Path) -> None:
     assert statuses(report) == [(A1, LOADED, ""), (B1, LOADED, "")]
     assert report.bytes_written == 1000 + 2000
     assert target.present == {IMAGE_A.image_id, IMAGE_B.image_id}
+
+
+# load-img --fetch: the read-through
+
+
+def _manifest_digest(image: FakeImage) -> str:
+    return _digest(image.manifest)
+
+
+@dataclass
+class FakeLookup:
+    """A TagLookup: what each ref as written names now (``serves``), by the manifest digest
+    of a fake image; ``down`` makes every call unreachable."""
+
+    serves: Mapping[str, FakeImage]
+    down: bool = False
+    description: str = "its registry"
+    calls: list[str] = field(default_factory=list)
+
+    def current_digest(self, wanted: Wanted) -> str | None:
+        self.calls.append(wanted.canonical)
+        if self.down:
+            raise RegistryUnreachableError(
+                "couldn't look up a:1 at 127.0.0.1:9: connection refused"
+            )
+        image = self.serves.get(wanted.written[0])
+        return _manifest_digest(image) if image is not None else None
+
+
+def read_through_of(mode: str, source: FakeSource, lookup: FakeLookup) -> ReadThrough:
+    return ReadThrough(mode=mode, source=source, lookup=lookup)
+
+
+def sources(report: Report) -> dict[str, str | None]:
+    return {outcome.name: outcome.source for outcome in report.outcomes}
+
+
+def test_fetch_missing_fetches_what_neither_the_engine_nor_the_cache_has(
+    tmp_path: Path,
+) -> None:
+    fill(tmp_path, {A1: (IMAGE_A, ["a:1"])})
+    registry = {"a:1": IMAGE_C, "b:1": IMAGE_B, "c:1": IMAGE_C}
+    source = FakeSource("its registry", registry)
+    lookup = FakeLookup(registry)
+    # c:1 is not cached but the engine has it; a:1 is cached (its tag moved: not asked).
+    target = FakeTarget(present={IMAGE_C.image_id}, names={"c:1": IMAGE_C.image_id})
+
+    report = load_images(
+        required("a:1", "b:1", "c:1"),
+        target,
+        ImageCache(tmp_path),
+        fetch=read_through_of(FETCH_MISSING, source, lookup),
+    )
+
+    assert lookup.calls == [B1]
+    assert source.calls == [("find", B1), ("copy", B1)]
+    assert statuses(report) == [(A1, LOADED, ""), (B1, LOADED, ""), (C1, PRESENT, "")]
+    assert sources(report) == {A1: FROM_CACHE, B1: FROM_REGISTRY, C1: FROM_DOCKER}
+    # Fetched into the cache, then loaded from it.
+    assert cached(tmp_path)[B1] == (IMAGE_B.image_id, ("b:1",))
+    assert target.present == {IMAGE_A.image_id, IMAGE_B.image_id, IMAGE_C.image_id}
+    assert report.to_json()["images"][1]["source"] == "registry"
+    assert "; 1 from registries, 1 from the cache, 1 from Docker)" in report.summary()
+
+
+def test_fetch_missing_an_image_its_registry_lacks_is_missing(tmp_path: Path) -> None:
+    source = FakeSource("its registry", {})
+    lookup = FakeLookup({})
+
+    report = load_images(
+        required("b:1"),
+        FakeTarget(),
+        ImageCache(tmp_path),
+        fetch=read_through_of(FETCH_MISSING, source, lookup),
+    )
+
+    assert source.calls == []
+    why = "neither fake engine, the cache nor its registry has it"
+    assert statuses(report) == [(B1, MISSING, why)]
+    assert sources(report) == {B1: None}
+    assert report.exit_code == 3
+
+
+def test_fetch_newer_refreshes_a_moved_tag_and_keeps_the_old_image_by_digest(
+    tmp_path: Path,
+) -> None:
+    fill(tmp_path, {A1: (IMAGE_A, ["a:1", "docker.io/library/a:1"]), B1: (IMAGE_B, ["b:1"])})
+    old_digest = _manifest_digest(IMAGE_A)
+    pinned = f"a@{old_digest}"
+    registry = {"a:1": IMAGE_C, "b:1": IMAGE_B}  # a:1 moved to C; b:1 is unchanged
+    source = FakeSource("its registry", registry)
+    lookup = FakeLookup(registry)
+    target = FakeTarget()
+
+    report = load_images(
+        required("a:1", "b:1"),
+        target,
+        ImageCache(tmp_path),
+        fetch=read_through_of(FETCH_NEWER, source, lookup),
+    )
+
+    assert lookup.calls == [A1, B1]
+    assert source.calls == [("find", A1), ("copy", A1)]
+    assert statuses(report) == [(A1, LOADED, ""), (B1, LOADED, "")]
+    assert sources(report) == {A1: FROM_REGISTRY, B1: FROM_CACHE}
+    kept = f"docker.io/library/a@{old_digest}"
+    assert cached(tmp_path) == {
+        A1: (IMAGE_C.image_id, ("a:1", "docker.io/library/a:1")),
+        B1: (IMAGE_B.image_id, ("b:1",)),
+        kept: (IMAGE_A.image_id, (kept,)),
+    }
+    assert target.names["a:1"] == IMAGE_C.image_id
+
+    # A rollback bundle pinning the old image loads it from the cache, offline: a digest is
+    # never asked about, by either spelling.
+    lookup.calls.clear()
+    rollback = load_images(
+        required(pinned, f"a:1@{old_digest}"),
+        target,
+        ImageCache(tmp_path),
+        fetch=read_through_of(FETCH_NEWER, source, FakeLookup(registry, down=True)),
+    )
+    assert [o.status for o in rollback.outcomes] == [LOADED, LOADED]
+    assert set(sources(rollback).values()) == {FROM_CACHE}
+    assert target.names[pinned] == IMAGE_A.image_id
+    assert target.names[f"a:1@{old_digest}"] == IMAGE_A.image_id
+
+
+def test_fetch_newer_with_registries_down_loads_from_the_cache_with_one_warning(
+    tmp_path: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    fill(tmp_path, {A1: (IMAGE_A, ["a:1"]), B1: (IMAGE_B, ["b:1"])})
+    source = FakeSource("its registry", {})
+    lookup = FakeLookup({}, down=True)
+
+    report = load_images(
+        required("a:1", "b:1"),
+        FakeTarget(),
+        ImageCache(tmp_path),
+        fetch=read_through_of(FETCH_NEWER, source, lookup),
+    )
+
+    assert source.calls == []
+    assert statuses(report) == [(A1, LOADED, ""), (B1, LOADED, "")]
+    assert sources(report) == {A1: FROM_CACHE, B1: FROM_CACHE}
+    assert warnings_and_errors(logs) == [
+        (
+            "WARNING",
+            "registries can't be reached (couldn't look up a:1 at 127.0.0.1:9: connection "
+            "refused); the cache answers for 2 images: a:1, b:1",
+        )
+    ]
+    assert report.exit_code == 0
+
+
+def test_fetch_newer_unchanged_tags_fetch_nothing(tmp_path: Path) -> None:
+    fill(tmp_path, {A1: (IMAGE_A, ["a:1"])})
+    registry = {"a:1": IMAGE_A}
+    source = FakeSource("its registry", registry)
+    lookup = FakeLookup(registry)
+
+    report = load_images(
+        required("a:1"),
+        FakeTarget(),
+        ImageCache(tmp_path),
+        fetch=read_through_of(FETCH_NEWER, source, lookup),
+    )
+
+    assert lookup.calls == [A1]
+    assert source.calls == []
+    assert sources(report) == {A1: FROM_CACHE}
+    assert list(cached(tmp_path)) == [A1]
+
+
+def test_load_without_fetch_reports_sources_in_json_only(tmp_path: Path) -> None:
+    fill(tmp_path, {A1: (IMAGE_A, ["a:1"])})
+
+    report = load_images(required("a:1"), FakeTarget(), ImageCache(tmp_path))
+
+    assert report.to_json()["images"][0]["source"] == "cache"
+    assert "from registries" not in report.summary()
+    assert "(1 loaded, 0 tagged, 0 already there)" in report.summary()
+
+
+def test_cache_del_img_drops_kept_digests_that_no_bundle_pins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What load-img --fetch newer kept as name@digest stays while a bundle pins it (either
+    spelling) and goes with ``cache del-img`` once none does."""
+    cache_dir, stages = tmp_path / "cache", tmp_path / "stages"
+    pinned, unpinned = _manifest_digest(IMAGE_B), _manifest_digest(IMAGE_C)
+    fill(
+        cache_dir,
+        {
+            A1: (IMAGE_A, ["a:1"]),
+            f"docker.io/library/a@{pinned}": (IMAGE_B, [f"docker.io/library/a@{pinned}"]),
+            f"docker.io/library/a@{unpinned}": (IMAGE_C, [f"docker.io/library/a@{unpinned}"]),
+        },
+    )
+    (stages / "1").mkdir(parents=True)
+    (stages / "1/forklift-bundle.yml").write_text(
+        "forklift-version: v0.8.0-alpha.6\n"
+        "exports:\n  apps/demo:\n    compose-app:\n      images:\n"
+        f"        - a:1\n        - a:1@{pinned}\n"
+    )
+    (stages / "forklift-stage-store.yml").write_text("staged:\n  next: 1\n")
+    argv = ["cache", "del-img", "--cache-dir", str(cache_dir), "--stage-store", str(stages)]
+
+    code = cli.main(argv, env={"HOME": str(tmp_path)})
+
+    assert code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == f"deleted docker.io/library/a@{unpinned}\n"
+    assert set(cached(cache_dir)) == {A1, f"docker.io/library/a@{pinned}"}

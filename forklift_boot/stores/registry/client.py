@@ -26,9 +26,11 @@ from forklift_boot.stores.registry.repository import Repository
 from forklift_boot.stores.registry.transport import (
     TIMEOUT,
     Attempts,
+    Deadline,
     MinimumRate,
     RegistryAccessError,
     RegistryConnectionError,
+    RegistryUnavailableError,
     RetryPolicy,
     Transport,
     is_retry_status,
@@ -76,6 +78,8 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         offline: bool = False,
         min_rate: MinimumRate | None = None,
+        timeout: tuple[float, float] = TIMEOUT,
+        deadline: Deadline | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -85,7 +89,10 @@ class RegistryClient:
         self.offline = offline
         # Every body (manifests, blobs, tokens, error answers) arrives at least this fast.
         self.min_rate = min_rate or MinimumRate()
-        self._transport = Transport(self.retry, sleep=sleep, rand=rand)
+        # ``timeout`` (connect, read) bounds each request; ``deadline`` all of them together.
+        self._transport = Transport(
+            self.retry, timeout=timeout, deadline=deadline, sleep=sleep, rand=rand
+        )
         # Authorization header values (never logged): per access asked for, and basic auth's
         # per registry.
         self._auth: dict[_AuthKey, str] = {}
@@ -254,6 +261,7 @@ class RegistryClient:
         token_at = f"at {service}"
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
+            timeout = self._transport.timeout_now(what, at)
             try:
                 if credentials is not None and credentials.is_identity_token:
                     # OAuth2 refresh-token grant, as Docker does for an identity token.
@@ -265,7 +273,7 @@ class RegistryClient:
                             "refresh_token": credentials.secret,
                             "client_id": "forklift-boot",
                         },
-                        timeout=TIMEOUT,
+                        timeout=timeout,
                         stream=True,
                         # A redirected POST carries its body, the refresh token, to wherever
                         # the redirect leads: the token service named by the registry only.
@@ -277,7 +285,7 @@ class RegistryClient:
                         headers["Authorization"] = credentials.basic_header()
                     # requests drops the Authorization header on a redirect to another host.
                     response = self._transport.session(parts.netloc).get(
-                        realm, params=params, headers=headers, timeout=TIMEOUT, stream=True
+                        realm, params=params, headers=headers, timeout=timeout, stream=True
                     )
             except requests.exceptions.RequestException as err:
                 if attempt >= attempts:
@@ -290,7 +298,7 @@ class RegistryClient:
             if status == 429 or 500 <= status <= 599:
                 response.close()
                 if attempt >= attempts:
-                    raise RegistryError(
+                    raise RegistryUnavailableError(
                         f"couldn't {what} {at}: its token service "
                         f"{service} answered HTTP {status}; try again later"
                     )

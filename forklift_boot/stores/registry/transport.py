@@ -14,7 +14,7 @@ from datetime import UTC
 import requests
 
 from forklift_boot import __version__
-from forklift_boot.errors import RegistryError
+from forklift_boot.errors import RegistryError, RegistryUnreachableError
 from forklift_boot.stores.registry.endpoints import is_loopback_host
 
 __all__ = [
@@ -22,9 +22,11 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "USER_AGENT",
     "Attempts",
+    "Deadline",
     "MinimumRate",
     "RegistryAccessError",
     "RegistryConnectionError",
+    "RegistryUnavailableError",
     "RetryPolicy",
     "Transport",
     "is_retry_status",
@@ -52,8 +54,30 @@ class RegistryAccessError(RegistryError):
     """The registry refused our credentials, or needs some (HTTP 401/403)."""
 
 
-class RegistryConnectionError(RegistryError):
+class RegistryConnectionError(RegistryUnreachableError):
     """The registry (or its token service) can't be reached: refused, timed out, TLS."""
+
+
+class RegistryUnavailableError(RegistryUnreachableError):
+    """The registry (or its token service) answers only "not now" (429, 5xx), more often or
+    for longer than the retry policy waits: as good as unreachable for this run."""
+
+
+class Deadline:
+    """One bound on every request of a run, from its first: once ``seconds`` have passed, no
+    request is sent, and none waits past it (load-img's read-through must not stall a boot)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._ends_at: float | None = None
+
+    def remaining(self) -> float:
+        """Seconds left; the clock starts at the first call."""
+        now = self._clock()
+        if self._ends_at is None:
+            self._ends_at = now + self.seconds
+        return self._ends_at - now
 
 
 @dataclass(frozen=True)
@@ -161,10 +185,14 @@ class Transport:
         self,
         retry: RetryPolicy,
         *,
+        timeout: tuple[float, float] = TIMEOUT,
+        deadline: Deadline | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.retry = retry
+        self.timeout = timeout  # (connect, read): a read timeout also bounds the first byte
+        self.deadline = deadline
         self._sleep = sleep
         self._rand = rand
         self._local = threading.local()
@@ -198,6 +226,19 @@ class Transport:
     def backoff(self, attempt: int) -> float:
         return self.retry.backoff(attempt, self._rand)
 
+    def timeout_now(self, what: str, at: str) -> tuple[float, float]:
+        """The (connect, read) timeouts of the next request, cut to what the deadline leaves;
+        RegistryConnectionError once it has passed."""
+        if self.deadline is None:
+            return self.timeout
+        remaining = self.deadline.remaining()
+        if remaining <= 0:
+            raise RegistryConnectionError(
+                f"couldn't {what} {at}: registries had {self.deadline.seconds:g} s to answer "
+                "in this run, and that time is up"
+            )
+        return (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+
     def pause(self, attempt: int) -> None:
         """Sleeps the backoff delay after the ``attempt``-th failure."""
         self._sleep(self.backoff(attempt))
@@ -223,6 +264,7 @@ class Transport:
         """One attempt of a request to ``host``'s registry, its body streaming: the response
         whatever its status, or None after waiting out a dropped connection when attempts
         are left. TLS failures, the last dropped connection and malformed requests raise."""
+        timeout = self.timeout_now(what, at)
         try:
             return self.session(host).request(
                 method,
@@ -231,7 +273,7 @@ class Transport:
                 params=params,
                 data=body,
                 stream=True,
-                timeout=TIMEOUT,
+                timeout=timeout,
                 # A redirected upload would need its body again: uploads never follow.
                 allow_redirects=method in ("GET", "HEAD"),
             )
@@ -264,18 +306,18 @@ class Transport:
         response.close()
         problem = f"HTTP {status}" + (", too many requests" if status == 429 else "")
         if retry_after is not None and retry_after > self.retry.max_retry_after:
-            raise RegistryError(
+            raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem}, and it asks to wait "
                 f"{retry_after:.0f} s; try again later (Docker Hub: log in for a higher "
                 "rate limit, or use --registry-mirror)"
             )
         if tries.last:
-            raise RegistryError(
+            raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem} {tries.number} times; try again later"
             )
         delay = retry_after if retry_after is not None else self.backoff(tries.number)
         if not self._affords(tries, delay):
-            raise RegistryError(
+            raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem} {tries.number} times, and waiting "
                 f"{delay:.0f} s more would take it past {self.retry.max_total_wait:g} s of "
                 "waiting; try again later"
@@ -283,6 +325,8 @@ class Transport:
         self._wait_within(tries, delay, at, what, problem)
 
     def _affords(self, tries: Attempts, delay: float) -> bool:
+        if self.deadline is not None and delay >= self.deadline.remaining():
+            return False
         return tries.waited + delay <= self.retry.max_total_wait
 
     def _wait_within(self, tries: Attempts, delay: float, at: str, what: str, problem: str) -> None:
