@@ -14,8 +14,10 @@ from forklift_boot.cli.options import (
     add_bool,
     add_compress,
     add_containerd_options,
+    add_registry_limits,
     add_source_options,
     positive_int,
+    registry_limits,
 )
 from forklift_boot.cli.output import print_report, progress_for
 from forklift_boot.cli.platforms import host_platform
@@ -73,6 +75,7 @@ def add_arguments(cache_img: argparse.ArgumentParser) -> None:
         help="a Docker Hub mirror to try before docker.io (repeatable; as dockerd's option)",
     )
     add_bool(fetch, "--offline", "never touch the network (registries refuse, Docker still works)")
+    add_registry_limits(fetch)
 
 
 def cache_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -95,6 +98,7 @@ def cache_images_command(args: argparse.Namespace, settings: Settings, out: Text
                     mirrors=args.registry_mirror,
                     credentials=CredentialStore(settings.docker_config_dir),
                     offline=args.offline,
+                    **registry_limits(args),
                 )
             except ValueError as err:
                 raise UsageError(str(err)) from err

@@ -15,7 +15,9 @@ from forklift_boot.cli.options import (
     Command,
     add_bool,
     add_containerd_options,
+    add_registry_limits,
     add_source_options,
+    registry_limits,
 )
 from forklift_boot.cli.output import print_report, progress_for, status_for
 from forklift_boot.cli.platforms import host_platform
@@ -87,6 +89,7 @@ def add_arguments(load_img: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="a Docker Hub mirror to try before docker.io (repeatable; as dockerd's option)",
     )
+    add_registry_limits(fetch)
 
 
 def load_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -154,7 +157,9 @@ def _read_through(
         lookups = lookup_client(
             mirrors=args.registry_mirror, credentials=credentials, seconds=args.fetch_timeout
         )
-        fetches = RegistryClient(mirrors=args.registry_mirror, credentials=credentials)
+        fetches = RegistryClient(
+            mirrors=args.registry_mirror, credentials=credentials, **registry_limits(args)
+        )
     except ValueError as err:
         raise UsageError(str(err)) from err
     try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from forklift_boot import config
 from forklift_boot.stores.containerd import ctr
+from forklift_boot.stores.registry.targets import parse_size
+from forklift_boot.stores.registry.transport import MinimumRate, RetryPolicy
 
 DEFAULT_COMPRESSION = "gzip"
 
@@ -172,3 +174,45 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     add_bool(group, "--include-disabled", "also list images of disabled deployments (--pallet)")
     add_bool(group, "--with-file-exports", "also list the images of oci-image file exports")
+
+
+def add_registry_limits(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How long a command waits on a slow or busy registry (docs/threat-model.md)."""
+    parser.add_argument(
+        "--min-rate",
+        metavar="SIZE",
+        type=_rate,
+        default=MinimumRate().min_bytes,
+        help="give up on a registry transfer that receives less than SIZE in "
+        f"{MinimumRate().window:g} s (default 64k; 0: never)",
+    )
+    parser.add_argument(
+        "--retry-wait",
+        metavar="SECONDS",
+        type=positive_int,
+        default=int(RetryPolicy().max_total_wait),
+        help="the longest one registry request waits between its attempts, a Retry-After "
+        "included; a single Retry-After may take half of it (default "
+        f"{RetryPolicy().max_total_wait:g})",
+    )
+
+
+def registry_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The RegistryClient arguments that ``add_registry_limits`` sets."""
+    return {
+        "min_rate": MinimumRate(min_bytes=args.min_rate),
+        "retry": replace(
+            RetryPolicy(),
+            max_total_wait=float(args.retry_wait),
+            max_retry_after=args.retry_wait / 2,
+        ),
+    }
+
+
+def _rate(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err

@@ -6,7 +6,14 @@ import argparse
 from typing import TextIO
 
 from forklift_boot.cache import ImageCache
-from forklift_boot.cli.options import Command, add_bool, add_source_options, positive_int
+from forklift_boot.cli.options import (
+    Command,
+    add_bool,
+    add_registry_limits,
+    add_source_options,
+    positive_int,
+    registry_limits,
+)
 from forklift_boot.cli.output import print_report, progress_for
 from forklift_boot.cli.sources import names_images, required_images
 from forklift_boot.config import Settings
@@ -42,6 +49,7 @@ def add_arguments(push: argparse.ArgumentParser) -> None:
         "bodies (default: one streamed request per blob)",
     )
     add_bool(push, "--json", "print the report as JSON on stdout")
+    add_registry_limits(push)
 
 
 def cache_push(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -53,7 +61,9 @@ def cache_push(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     except ValueError as err:
         raise UsageError(str(err)) from err
     wanted = group_by_canonical(required_images(args, settings)) if names_images(args) else None
-    client = RegistryClient(credentials=CredentialStore(settings.docker_config_dir))
+    client = RegistryClient(
+        credentials=CredentialStore(settings.docker_config_dir), **registry_limits(args)
+    )
     try:
         with ImageCache(settings.cache_dir).reading() as reader:
             if wanted is None:

@@ -9,10 +9,10 @@ import signal
 from pathlib import Path
 from typing import TextIO
 
-from forklift_boot.cli.options import Command, add_bool
+from forklift_boot.cli.options import Command, add_bool, positive_int
 from forklift_boot.config import Settings
 from forklift_boot.errors import CacheError, ForkliftBootError, UsageError
-from forklift_boot.exchange.serve import CacheServer
+from forklift_boot.exchange.serve import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, CacheServer
 from forklift_boot.stores.registry.endpoints import is_loopback_host
 from forklift_boot.systemd import notify
 
@@ -47,6 +47,21 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     add_bool(
         serve, "--verify", "check each whole blob against its digest as it is sent", default=True
     )
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=f"clients served at once; more get HTTP 503 at once (default {MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=positive_int,
+        default=int(HEADER_TIMEOUT_SECONDS),
+        metavar="SECONDS",
+        help="the longest a client may take to send a request's line and headers (default "
+        f"{HEADER_TIMEOUT_SECONDS:g})",
+    )
 
 
 def cache_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -58,7 +73,13 @@ def cache_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
             " fill it with `forklift-boot cache-img`, or name another with --cache-dir"
         )
     try:
-        server = CacheServer(cache_dir, (host, port), verify=args.verify)
+        server = CacheServer(
+            cache_dir,
+            (host, port),
+            verify=args.verify,
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
+        )
     except OSError as err:
         raise ForkliftBootError(f"couldn't listen on {args.listen}: {err.strerror or err}") from err
     with server:

@@ -73,7 +73,7 @@ class RateGuard:
                 f"couldn't {self.what} from {self.host}: {self._bytes} bytes arrived in the "
                 f"last {now - self._start:.0f} s, less than the minimum of "
                 f"{self.rate.describe()} ({self.total} bytes in all); the registry or the "
-                "network is too slow or stalled: try again later"
+                "network is too slow or stalled: try again later, or lower --min-rate"
             )
         self._start, self._bytes = now, 0
 

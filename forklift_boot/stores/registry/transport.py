@@ -308,8 +308,8 @@ class Transport:
         if retry_after is not None and retry_after > self.retry.max_retry_after:
             raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem}, and it asks to wait "
-                f"{retry_after:.0f} s; try again later (Docker Hub: log in for a higher "
-                "rate limit, or use --registry-mirror)"
+                f"{retry_after:.0f} s; try again later or raise --retry-wait (Docker Hub: log "
+                "in for a higher rate limit, or use --registry-mirror)"
             )
         if tries.last:
             raise RegistryUnavailableError(
@@ -320,7 +320,7 @@ class Transport:
             raise RegistryUnavailableError(
                 f"couldn't {what} {at}: {problem} {tries.number} times, and waiting "
                 f"{delay:.0f} s more would take it past {self.retry.max_total_wait:g} s of "
-                "waiting; try again later"
+                "waiting; try again later or raise --retry-wait"
             )
         self._wait_within(tries, delay, at, what, problem)
 
