@@ -90,8 +90,8 @@ class MergedPallet:
         """Forklift's ``MergeFS.Open``: the pallet's own file first, else the imported one."""
         rel = posixpath.normpath(rel.lstrip("/"))
         own = self.root_dir / rel
-        if own.exists():
-            if not own.is_file():
+        if os.path.lexists(own):  # a FIFO or a symlink loop too: reading it says what it is
+            if own.is_dir():
                 return None
             check_inside(own, self.trees, f"a file of pallet {self.pallet_path}")
             return own
@@ -437,7 +437,10 @@ def _load_import_group(file: Path, name: str) -> ImportGroup:
 def _same_file(a: Path, b: Path) -> bool:
     if a == b:
         return True
-    sa, sb = a.stat(), b.stat()
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:  # a symlink loop: not the same, and reading it will say why
+        return False
     return (sa.st_mode & 0o777) == (sb.st_mode & 0o777) and filecmp.cmp(a, b, shallow=False)
 
 

@@ -117,7 +117,10 @@ def _pallet_with(tmp_path: Path, compose: str) -> Path:
     [
         ("services:\n  app:\n    image: [unclosed\n", "compose.yml"),
         ("services:\n  app:\n    image: Bad:Ref\n", "service app of deployment apps/web"),
-        ("services:\n  app:\n    image: x:1\n    environment:\n      A: ${X:?needs X}\n", "X"),
+        (
+            "services:\n  app:\n    image: x:1\n    environment:\n      A: ${X:?needs X}\n",
+            "error while interpolating services.app.environment.A: required variable is missing",
+        ),
     ],
 )
 def test_bad_pallet_input_is_one_line_exit_1(

@@ -10,21 +10,20 @@ import yaml
 
 from forklift_boot.requirements.compose.interpolation import interpolate
 from forklift_boot.requirements.compose.model import ComposeError, Document, Sourced, load_error
-from forklift_boot.requirements.compose.yaml_tags import describe_yaml_error, parse_yaml
+from forklift_boot.requirements.compose.yaml_tags import parse_yaml
+from forklift_boot.requirements.files import UnreadableFile, describe_yaml_error, read_regular_file
 
 
 def read_documents(file: Path, env: Mapping[str, str]) -> list[Document]:
     """Every YAML document of a file, with tags resolved and every string value interpolated."""
     try:
-        content = file.read_bytes()
-    except OSError as err:
-        raise load_error(file, (err.strerror or str(err)).lower()) from err
+        content = read_regular_file(file)
+    except UnreadableFile as err:
+        raise load_error(file, str(err)) from err
     try:
         return [_expand(raw, resets, env, file) for raw, resets in parse_yaml(content)]
     except yaml.YAMLError as err:
         raise load_error(file, describe_yaml_error(err)) from err
-    except RecursionError as err:
-        raise load_error(file, "recursive YAML alias") from err
     except ComposeError as err:
         raise load_error(file, str(err)) from err
 
@@ -34,7 +33,7 @@ def _expand(
 ) -> Document:
     if not isinstance(data, dict):
         raise ComposeError("top-level object must be a mapping")
-    data = interpolate(data, "", env)
+    data = interpolate(data, "", env, file)
     _mark_sources(data, file)
     return Document(data, resets)
 

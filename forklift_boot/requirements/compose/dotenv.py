@@ -9,6 +9,7 @@ from pathlib import Path
 
 from forklift_boot.requirements.compose.interpolation import TemplateError, substitute
 from forklift_boot.requirements.compose.model import ComposeError
+from forklift_boot.requirements.files import UnreadableFile, read_regular_file
 
 
 def read_env_files(paths: list[Path], env: Mapping[str, str]) -> dict[str, str]:
@@ -20,9 +21,13 @@ def read_env_files(paths: list[Path], env: Mapping[str, str]) -> dict[str, str]:
         if path.is_dir():
             raise ComposeError(f"{path} is a directory")
         try:
-            text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
-            values.update(_parse_env_file(text, ChainMap(dict(env), values)))
-        except (OSError, UnicodeDecodeError, TemplateError, ComposeError) as err:
+            text = read_regular_file(path).decode("utf-8").removeprefix("\ufeff")
+            values.update(_parse_env_file(text, ChainMap(dict(env), values), path))
+        except UnicodeDecodeError as err:
+            raise ComposeError(
+                f"failed to read {path}: it is not UTF-8 text (byte {err.start})"
+            ) from err
+        except (UnreadableFile, TemplateError, ComposeError) as err:
             raise ComposeError(f"failed to read {path}: {err}") from err
     return values
 
@@ -36,7 +41,7 @@ _ENV_ESCAPED = {
 }  # fmt: skip
 
 
-def _parse_env_file(text: str, lookup: Mapping[str, str]) -> dict[str, str]:
+def _parse_env_file(text: str, lookup: Mapping[str, str], file: Path) -> dict[str, str]:
     """`KEY=value` statements with `export`, comments, quotes and variable expansion."""
     values: dict[str, str] = {}
     expand_with = ChainMap(dict(lookup), values)  # dotenv looks in the environment first
@@ -62,7 +67,7 @@ def _parse_env_file(text: str, lookup: Mapping[str, str]) -> dict[str, str]:
             if key in lookup:
                 values[key] = lookup[key]
             continue
-        values[key], pos = _env_value(text, pos, expand_with)
+        values[key], pos = _env_value(text, pos, expand_with, f"{key} of env file {file}")
 
 
 def _env_key(text: str, start: int) -> tuple[str, int, bool]:
@@ -75,21 +80,20 @@ def _env_key(text: str, start: int) -> tuple[str, int, bool]:
                 raise ComposeError(f"line {_line_of(text, index)}: key cannot contain a space")
             return key, index + 1, char == "\n"
         if not (char in _ENV_SPACE or char in "_.-[]" or char.isalnum()):
-            line = text[start:].split("\n", 1)[0]
+            # compose-go quotes the line here; it may be a secret, an env_file can be any file.
             raise ComposeError(
-                f'line {_line_of(text, index)}: unexpected character "{char}" '
-                f'in variable name "{line}"'
+                f"line {_line_of(text, index)}: unexpected character in variable name"
             )
     return "", start, False  # compose-go then reads the whole statement as the value of ""
 
 
-def _env_value(text: str, start: int, env: Mapping[str, str]) -> tuple[str, int]:
+def _env_value(text: str, start: int, env: Mapping[str, str], where: str) -> tuple[str, int]:
     quote = text[start : start + 1]
     if quote not in ("'", '"'):
         end = text.find("\n", start)
         end = len(text) if end == -1 else end
         value = text[start:end].split(" #", 1)[0].rstrip()
-        return substitute(value, env), end + 1
+        return substitute(value, env, where), end + 1
     chars: list[str] = []
     escaped = False
     for index in range(start + 1, len(text)):
@@ -97,7 +101,7 @@ def _env_value(text: str, start: int, env: Mapping[str, str]) -> tuple[str, int]
         if char == quote and not escaped:
             value = "".join(chars)
             if quote == '"':
-                value = substitute(_ENV_ESCAPE.sub(_unescape, value), env)
+                value = substitute(_ENV_ESCAPE.sub(_unescape, value), env, where)
             return value, index + 1
         if char == "\\" and not escaped:
             escaped = True
@@ -106,8 +110,7 @@ def _env_value(text: str, start: int, env: Mapping[str, str]) -> tuple[str, int]
             chars.append("\\")
         escaped = False
         chars.append(char)
-    line = text[start:].split("\n", 1)[0]
-    raise ComposeError(f"line {_line_of(text, start)}: unterminated quoted value {line}")
+    raise ComposeError(f"line {_line_of(text, start)}: unterminated quoted value")
 
 
 def _unescape(match: re.Match[str]) -> str:

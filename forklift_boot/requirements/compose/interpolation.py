@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from forklift_boot.requirements.compose.model import ComposeError
@@ -16,34 +17,39 @@ class TemplateError(Exception):
     pass
 
 
+# compose-go's messages quote the template, the variable and its `:?` text: here they name the
+# key and the file only, as a value may be a secret (an env file full of them, or a `$` in a
+# password read as a variable).
+
+
 class _InvalidTemplate(TemplateError):
-    def __init__(self, template: str) -> None:
-        super().__init__(f'Invalid template: "{template}"')
-        self.template = template
+    def __init__(self) -> None:
+        super().__init__("invalid template")
 
 
 class _MissingVariable(TemplateError):
-    def __init__(self, name: str, reason: str) -> None:
-        message = f"required variable {name} is missing a value"
-        super().__init__(f"{message}: {reason}" if reason else message)
+    def __init__(self) -> None:
+        super().__init__("required variable is missing a value")
 
 
-def interpolate(value: Any, path: str, env: Mapping[str, str]) -> Any:
+def interpolate(value: Any, path: str, env: Mapping[str, str], file: Path) -> Any:
     """Substitute variables in every string value; keys are left alone."""
     if isinstance(value, str):
         try:
-            return substitute(value, env)
+            return substitute(value, env, f"{path} of compose file {file}")
         except _InvalidTemplate as err:
             raise ComposeError(
-                f'invalid interpolation format for {path}: "{err.template}" '
+                f"invalid interpolation format for {path} "
                 "(you may need to escape any $ with another $)"
             ) from err
         except TemplateError as err:
             raise ComposeError(f"error while interpolating {path}: {err}") from err
     if isinstance(value, dict):
-        return {k: interpolate(v, f"{path}.{k}" if path else k, env) for k, v in value.items()}
+        return {
+            k: interpolate(v, f"{path}.{k}" if path else k, env, file) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [interpolate(item, f"{path}.[]", env) for item in value]
+        return [interpolate(item, f"{path}.[]", env, file) for item in value]
     return value
 
 
@@ -51,8 +57,11 @@ _NAME_START = frozenset(string.ascii_letters + "_")
 _NAME_CHARS = _NAME_START | frozenset(string.digits)
 
 
-def substitute(template: str, env: Mapping[str, str]) -> str:
-    """Expand ``$$``, ``$NAME``, ``${NAME}`` and ``${NAME<op>word}``; any other ``$`` is kept."""
+def substitute(template: str, env: Mapping[str, str], where: str) -> str:
+    """Expand ``$$``, ``$NAME``, ``${NAME}`` and ``${NAME<op>word}``; any other ``$`` is kept.
+
+    ``where`` names the value in warnings (the key and its file).
+    """
     out: list[str] = []
     pos = 0
     while (dollar := template.find("$", pos)) != -1:
@@ -63,10 +72,10 @@ def substitute(template: str, env: Mapping[str, str]) -> str:
             pos = dollar + 2
         elif follower in _NAME_START:
             end = _name_end(template, dollar + 1)
-            out.append(_lookup(template[dollar + 1 : end], env))
+            out.append(_lookup(template[dollar + 1 : end], env, where))
             pos = end
         elif follower == "{":
-            text, pos = _substitute_braced(template, dollar, env)
+            text, pos = _substitute_braced(template, dollar, env, where)
             out.append(text)
         else:
             out.append("$")
@@ -83,26 +92,28 @@ def _name_end(text: str, start: int) -> int:
     return end
 
 
-def _substitute_braced(template: str, dollar: int, env: Mapping[str, str]) -> tuple[str, int]:
+def _substitute_braced(
+    template: str, dollar: int, env: Mapping[str, str], where: str
+) -> tuple[str, int]:
     """The ``${...}`` at ``dollar``: its expansion and where the text after it starts."""
     name_end = _name_end(template, dollar + 2)
     name = template[dollar + 2 : name_end]
     line_end = template.find("\n", name_end)
     line_end = len(template) if line_end == -1 else line_end
     if name and template.startswith("}", name_end):
-        return _lookup(name, env), name_end + 1
+        return _lookup(name, env, where), name_end + 1
     operators = (":-", ":+", ":?", "-", "+", "?")
     operator = next((op for op in operators if template.startswith(op, name_end)), "")
     # compose-go's pattern `(.*)}` is greedy, so its match runs to the last `}` of the line ...
     close = template.rfind("}", name_end + len(operator), line_end) if name and operator else -1
     if close == -1:
-        raise _InvalidTemplate(template)
+        raise _InvalidTemplate
     match = template[dollar : close + 1]
     # ... then it cuts the match at the brace that closes `${` and expands the rest on its own.
     first = _first_closing_brace(match)
     body, rest = (match[2:first], match[first + 1 :]) if first != -1 else (match[2:-1], "")
-    value = _apply_operator(name, operator, body[len(name) + len(operator) :], env)
-    return value + substitute(rest, env), close + 1
+    value = _apply_operator(name, operator, body[len(name) + len(operator) :], env, where)
+    return value + substitute(rest, env, where), close + 1
 
 
 def _first_closing_brace(text: str) -> int:
@@ -120,10 +131,10 @@ def _first_closing_brace(text: str) -> int:
     return -1
 
 
-def _apply_operator(name: str, operator: str, word: str, env: Mapping[str, str]) -> str:
+def _apply_operator(name: str, operator: str, word: str, env: Mapping[str, str], where: str) -> str:
     # compose-go expands the word before it looks at the variable, so `${SET:-${X:?}}` fails
     # and `${SET:-$UNSET}` warns even though the default is not used.
-    word = substitute(word, env)
+    word = substitute(word, env, where)
     value = env.get(name)
     if operator in (":-", "-"):
         use_word = value is None or (operator == ":-" and value == "")
@@ -132,13 +143,13 @@ def _apply_operator(name: str, operator: str, word: str, env: Mapping[str, str])
         use_word = value is not None and (operator == "+" or value != "")
         return word if use_word else (value or "")
     if value is None or (operator == ":?" and value == ""):
-        raise _MissingVariable(name, word)
+        raise _MissingVariable
     return value
 
 
-def _lookup(name: str, env: Mapping[str, str]) -> str:
+def _lookup(name: str, env: Mapping[str, str], where: str) -> str:
     value = env.get(name)
     if value is None:
-        log.warning('The "%s" variable is not set. Defaulting to a blank string.', name)
+        log.warning("A variable in %s is not set. Defaulting to a blank string.", where)
         return ""
     return value

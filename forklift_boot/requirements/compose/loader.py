@@ -44,7 +44,7 @@ def _apply_includes(data: dict[str, Any], file: Path, ctx: Context) -> None:
         return
     entries = data.pop("include")
     if not isinstance(entries, list):
-        raise ComposeError(f"`include` must be a list, got {entries}")
+        raise ComposeError("`include` must be a list")
     included = (*ctx.included, file)
     for entry in entries:
         paths, project_dir, env_files = _include_entry(entry)
@@ -74,7 +74,7 @@ def _include_entry(entry: Any) -> tuple[list[str], str, list[str]]:
     if isinstance(entry, str):
         return [entry], "", []
     if not isinstance(entry, dict):
-        raise ComposeError(f"invalid include entry: {entry}")
+        raise ComposeError("invalid include entry: it must be a string or a mapping")
     project_dir = entry.get("project_directory") or ""
     if not isinstance(project_dir, str):
         raise ComposeError("include.project_directory must be a string")

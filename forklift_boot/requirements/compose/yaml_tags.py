@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from forklift_boot.requirements.compose.model import ComposeError
+from forklift_boot.requirements.files import compose_documents
 
 # libyaml's parser when PyYAML has it (Debian's and PyPI's do): 3x faster on a big pallet.
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -140,13 +141,6 @@ def path_matches(path: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     )
 
 
-def describe_yaml_error(err: yaml.YAMLError) -> str:
-    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
-        mark, problem = err.problem_mark, err.problem or err.context or "invalid YAML"
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(err).splitlines()[0]
-
-
 def go_string(value: Any) -> str:
     """A scalar as Go's %v prints it."""
     if isinstance(value, bool):
@@ -159,13 +153,13 @@ def parse_yaml(content: bytes) -> list[tuple[Any, list[tuple[str, ...]]]]:
     documents = []
     loader = _YamlLoader(content)
     try:
-        while loader.check_node() and (node := loader.get_node()) is not None:
+        for node in compose_documents(loader):
             _refuse_duplicate_keys(node)
             try:
                 raw = loader.construct_document(node)
             except (ValueError, TypeError, AttributeError) as err:
                 # PyYAML's constructors fail this way on explicit tags (`!!int abc`).
-                raise ComposeError(f"invalid value: {err}") from err
+                raise ComposeError("invalid value for its explicit tag") from err
             resets: list[tuple[str, ...]] = []
             documents.append((_strip_tags(raw, (), "", resets), resets))
     finally:
