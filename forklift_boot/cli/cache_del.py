@@ -11,6 +11,7 @@ from forklift_boot.cache import ImageCache, human_bytes
 from forklift_boot.cli.options import Command
 from forklift_boot.cli.sources import canonical
 from forklift_boot.config import Settings
+from forklift_boot.errors import printable
 
 log = logging.getLogger("forklift_boot")
 
@@ -37,7 +38,7 @@ def cache_delete(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         removed = writer.remove_images(sorted(names))
         freed = writer.collect_garbage()
     unknown = sorted(names - set(removed)) if args.refs else []
-    out.writelines(f"deleted {name}\n" for name in removed)
+    out.writelines(f"deleted {printable(name)}\n" for name in removed)
     log.info("deleted %d images, freed %s", len(removed), human_bytes(freed))
     for name in unknown:
         log.warning("%s is not in the cache", name)

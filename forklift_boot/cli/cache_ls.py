@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from forklift_boot.cache import ImageCache, human_bytes
 from forklift_boot.cli.options import Command, add_bool
 from forklift_boot.config import Settings
+from forklift_boot.errors import printable
 
 log = logging.getLogger("forklift_boot")
 
@@ -47,10 +48,11 @@ def cache_list(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         out.write("\n")
         return 0
     for row in rows:
-        out.write(
+        line = (
             f"{row['name']}  {human_bytes(row['size'])} ({human_bytes(row['shared_size'])} "
-            f"shared)  {', '.join(row['refs'])}\n"
+            f"shared)  {', '.join(row['refs'])}"
         )
+        out.write(printable(line) + "\n")  # a foreign cache's names are anybody's text
     log.info("%d images, %s on disk in %s", len(rows), human_bytes(total), settings.cache_dir)
     return 0
 

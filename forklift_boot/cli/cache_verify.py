@@ -12,7 +12,7 @@ from forklift_boot.cli.engines import docker_engine
 from forklift_boot.cli.options import Command, add_bool, add_compress
 from forklift_boot.cli.output import TerminalProgress, print_report
 from forklift_boot.config import Settings
-from forklift_boot.errors import CacheError
+from forklift_boot.errors import CacheError, printable
 from forklift_boot.flows import cache_images
 from forklift_boot.stores.docker.source import DockerSource
 
@@ -29,7 +29,7 @@ def cache_verify(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     if not args.repair:
         with cache.reading() as reader:
             problems = reader.verify()
-        out.writelines(problem + "\n" for problem in problems)
+        out.writelines(printable(problem) + "\n" for problem in problems)
         log.info("%d problems in %s", len(problems), settings.cache_dir)
         return 1 if problems else 0
     with cache.writing() as writer:
@@ -55,7 +55,7 @@ def cache_verify(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         code = report.exit_code
     with cache.reading() as reader:
         remaining = reader.verify()
-    out.writelines(problem + "\n" for problem in remaining)
+    out.writelines(printable(problem) + "\n" for problem in remaining)
     return 1 if remaining else code
 
 

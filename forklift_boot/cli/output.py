@@ -11,6 +11,7 @@ from typing import TextIO
 
 from forklift_boot.cache import human_bytes
 from forklift_boot.config import Settings
+from forklift_boot.errors import printable
 from forklift_boot.report import ImageOutcome, Progress, RunReport
 from forklift_boot.systemd import SystemdProgress, notify
 
@@ -34,7 +35,8 @@ class _StderrFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        # The last way out: text from outside (a name, an error body) can't forge a line here.
+        message = printable(record.getMessage())
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         if self.journal:

@@ -4,21 +4,10 @@ references before forklift-boot acts on them, and shown with their control chara
 from __future__ import annotations
 
 from forklift_boot.cache import CachedImage
-from forklift_boot.errors import ImageRefError
+from forklift_boot.errors import ImageRefError, printable
 from forklift_boot.refs import parse_image_ref
 
-__all__ = ["entry_name_problem", "foreign_refs", "shown"]
-
-
-def shown(text: str) -> str:
-    """``text`` safe for a terminal or a log line: control and other unprintable characters
-    escaped as Python writes them (``\\x1b``, ``\\n``, ``\\u2028``), everything else as is."""
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in text
-    )
+__all__ = ["entry_name_problem", "foreign_refs"]
 
 
 def entry_name_problem(canonical: str) -> str | None:
@@ -27,10 +16,10 @@ def entry_name_problem(canonical: str) -> str | None:
     try:
         ref = parse_image_ref(canonical)
     except ImageRefError as err:
-        return shown(str(err))
+        return printable(str(err))
     normal = ref.with_default_tag().canonical
     if normal != canonical:
-        return f"{shown(canonical)} is not a canonical image reference (that would be {normal})"
+        return f"{printable(canonical)} is not a canonical image reference (that would be {normal})"
     return None
 
 

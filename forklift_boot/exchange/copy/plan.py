@@ -10,8 +10,9 @@ from pathlib import Path
 from forklift_boot.cache import CachedImage, CacheReader
 from forklift_boot.cache.index import read_index
 from forklift_boot.cache.walk import BlobWalk, DocumentStash, ReachedBlob, walk_blobs
+from forklift_boot.errors import printable
 from forklift_boot.exchange.copy.report import TransferReport, image_outcome
-from forklift_boot.exchange.names import entry_name_problem, foreign_refs, shown
+from forklift_boot.exchange.names import entry_name_problem, foreign_refs
 from forklift_boot.images import group_by_canonical, missing_outcome
 from forklift_boot.report import FAILED
 from forklift_boot.requirements import RequiredImage
@@ -117,7 +118,7 @@ def _check_names(
         problem = entry_name_problem(image.canonical)
         if problem is not None:
             message = f"couldn't copy an entry of {source_dir}/index.json: {problem}"
-            refused.append((replace(image, canonical=shown(image.canonical), refs=()), message))
+            refused.append((replace(image, canonical=printable(image.canonical), refs=()), message))
             continue
         foreign = foreign_refs(image)
         if foreign:
@@ -125,7 +126,7 @@ def _check_names(
                 "%s/index.json gives %s refs that don't name it; left them out: %s",
                 source_dir,
                 image.canonical,
-                ", ".join(shown(ref) for ref in foreign),
+                ", ".join(printable(ref) for ref in foreign),
             )
             refs = tuple(ref for ref in image.refs if ref not in foreign)
             admitted.append(replace(image, refs=refs))

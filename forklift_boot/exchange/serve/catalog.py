@@ -22,8 +22,7 @@ from typing import BinaryIO
 
 from forklift_boot.cache import CacheReader, Descriptor
 from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, walk_blobs
-from forklift_boot.errors import CacheError, ImageRefError
-from forklift_boot.exchange.names import shown
+from forklift_boot.errors import CacheError, ImageRefError, printable
 from forklift_boot.exchange.serve.api import DIGEST_RE
 from forklift_boot.refs import parse_image_ref
 
@@ -81,8 +80,8 @@ class CacheCatalog:
                 # A foreign cache's name may hold escape sequences: never printed raw.
                 log.warning(
                     "not serving %s from the image cache: %s",
-                    shown(image.canonical),
-                    shown(str(err)),
+                    printable(image.canonical),
+                    printable(str(err)),
                 )
                 continue
             try:

@@ -21,8 +21,7 @@ from urllib.parse import parse_qs
 
 from forklift_boot import __version__
 from forklift_boot.cache import BUFFER_SIZE, MAX_JSON_BLOB_SIZE
-from forklift_boot.errors import CacheError
-from forklift_boot.exchange.names import shown
+from forklift_boot.errors import CacheError, printable
 from forklift_boot.exchange.serve.api import (
     API_VERSION_HEADER,
     ApiError,
@@ -151,22 +150,22 @@ class CacheRequestHandler(BaseHTTPRequestHandler):
             self._send_error(err, send_body=send_body)
         except CacheError as err:
             # index.json unreadable, a blob that can't be opened: the cache's problem.
-            log.warning("couldn't answer %s %s: %s", self.command, shown(self.path), err)
+            log.warning("couldn't answer %s %s: %s", self.command, printable(self.path), err)
             self._fail(ApiError(500, "UNKNOWN", str(err)), send_body=send_body)
         except (ConnectionError, TimeoutError) as err:
             log.debug("%s: connection lost: %s", self.address_string(), err)
             self.close_connection = True
         except Exception as err:
             log.warning(
-                "couldn't answer %s %s: %s", self.command, shown(self.path), err, exc_info=True
+                "couldn't answer %s %s: %s", self.command, printable(self.path), err, exc_info=True
             )
             self._fail(ApiError(500, "UNKNOWN", f"internal error: {err}"), send_body=send_body)
         finally:
             log.debug(
                 '%s "%s %s" %s %d bytes %.3f s',
                 self.address_string(),
-                shown(self.command),
-                shown(self.path),
+                printable(self.command),
+                printable(self.path),
                 self._status or "-",
                 self._sent,
                 time.monotonic() - started,

@@ -13,11 +13,10 @@ import requests
 import urllib3
 
 from forklift_boot.cache import BUFFER_SIZE
-from forklift_boot.errors import RegistryError
+from forklift_boot.errors import RegistryError, printable
 from forklift_boot.stores.registry.transport import (
     TRANSIENT_ERRORS,
     MinimumRate,
-    printable,
     reason,
 )
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from forklift_boot.errors import RegistryError
+from forklift_boot.errors import RegistryError, printable
 from forklift_boot.refs import ImageRef
 from forklift_boot.stores.registry.auth import Challenge, CredentialStore, parse_www_authenticate
 from forklift_boot.stores.registry.bodies import read_body
@@ -35,7 +35,6 @@ from forklift_boot.stores.registry.transport import (
     Transport,
     is_retry_status,
     parse_retry_after,
-    printable,
     reason,
 )
 

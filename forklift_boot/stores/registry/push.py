@@ -21,12 +21,12 @@ import requests
 
 from forklift_boot.cache import BUFFER_SIZE, CacheReader, Descriptor
 from forklift_boot.cache.blobs import hash_file
-from forklift_boot.errors import CacheError, RegistryError
+from forklift_boot.errors import CacheError, RegistryError, printable
 from forklift_boot.stores.registry.bodies import registry_error
 from forklift_boot.stores.registry.client import RegistryClient
 from forklift_boot.stores.registry.manifests import MANIFEST_ACCEPT
 from forklift_boot.stores.registry.targets import PushTarget
-from forklift_boot.stores.registry.transport import RegistryAccessError, printable
+from forklift_boot.stores.registry.transport import RegistryAccessError
 
 __all__ = [
     "MONOLITHIC_LIMIT",

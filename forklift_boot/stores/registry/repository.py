@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import requests
 
 from forklift_boot.cache import MAX_JSON_BLOB_SIZE, BlobWriter, Descriptor, StoredBlob
-from forklift_boot.errors import RegistryError
+from forklift_boot.errors import RegistryError, printable
 from forklift_boot.refs import ImageRef
 from forklift_boot.stores.registry.bodies import (
     RateGuard,
@@ -31,7 +31,7 @@ from forklift_boot.stores.registry.manifests import (
     ManifestHead,
     manifest_media_type,
 )
-from forklift_boot.stores.registry.transport import TRANSIENT_ERRORS, printable, reason
+from forklift_boot.stores.registry.transport import TRANSIENT_ERRORS, reason
 
 if TYPE_CHECKING:  # the client makes repositories: no import at run time
     from forklift_boot.stores.registry.client import RegistryClient

@@ -14,7 +14,7 @@ from datetime import UTC
 import requests
 
 from forklift_boot import __version__
-from forklift_boot.errors import RegistryError, RegistryUnreachableError
+from forklift_boot.errors import RegistryError, RegistryUnreachableError, printable
 from forklift_boot.stores.registry.endpoints import is_loopback_host
 
 __all__ = [
@@ -166,16 +166,6 @@ def reason(err: BaseException) -> str:
     if "Caused by" in text:
         text = text.rsplit("Caused by", 1)[1].strip(" ()'\"")
     return printable(text[:200])
-
-
-def printable(text: str) -> str:
-    """Text a registry sent (an error body, a header, a host it named), safe for a terminal:
-    control characters become ``\\x1b``-style escapes, so that a registry can't colour, move
-    or forge lines of forklift-boot's output."""
-    return "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in text
-    )
 
 
 class Transport:
