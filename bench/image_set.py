@@ -2,7 +2,7 @@
 
 Layers are copied from trees on this machine (shared libraries, the Python standard library and
 a site-packages, docs and locales, a JDK, C headers, a compiler toolchain), plus ``os.urandom``
-files standing in for models and assets (about a quarter of the bytes, as in PEERS.md §2.1).
+files standing in for models and assets (about a quarter of the bytes: they do not compress).
 Images share base layers as real images do, through common prefixes: a, b and c start with the
 same ``os`` + ``py`` layers, a and c also share ``docs``, and d stands alone.
 

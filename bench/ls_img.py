@@ -1,6 +1,9 @@
 """Times `forklift-boot ls-img` over the pallet-standard fixture (run by hand, not in CI).
 
-    .venv/pypi/bin/python bench/ls_img.py [--runs 20]
+    .venv/pypi/bin/python -m bench.ls_img [--runs 20]
+
+Run from the repository root. The pallet is found as the tests find it (tests/pallet_standard.py;
+the README's testing paragraph says where it looks).
 
 Prints the median and spread of in-process runs (parsing, merging, compose loading) and of
 whole command runs (interpreter start-up included), next to `python -c pass` as the floor.
@@ -15,11 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from forklift_boot import cli
-
-PALLET = Path(__file__).resolve().parents[1].parent / "shared/fixtures/pallet-standard"
+from tests import pallet_standard
 
 
 def _time(run: object, runs: int) -> list[float]:
@@ -44,7 +45,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    argv = ["ls-img", "--pallet", str(PALLET), "--workspace", "/nonexistent"]
+    try:
+        pallet = pallet_standard.locate()
+    except pallet_standard.PalletStandardUnavailable as error:
+        sys.exit(f"error: {error}")
+    argv = ["ls-img", "--pallet", str(pallet), "--workspace", "/nonexistent"]
 
     def in_process() -> None:
         with contextlib.redirect_stdout(io.StringIO()):

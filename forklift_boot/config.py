@@ -27,6 +27,8 @@ class Settings:
     is_systemd_unit: bool  # running as a systemd service (INVOCATION_ID is set)
     # Docker's client config (config.json: registry credentials, credential helpers).
     docker_config_dir: Path | None = None
+    # --workspace or FORKLIFT_WORKSPACE named the workspace (rather than $HOME by default).
+    workspace_given: bool = False
 
 
 def workspace_dir(flag: str | None, env: Mapping[str, str]) -> Path:
@@ -35,7 +37,14 @@ def workspace_dir(flag: str | None, env: Mapping[str, str]) -> Path:
         return Path(flag)
     if env.get("FORKLIFT_WORKSPACE"):
         return Path(env["FORKLIFT_WORKSPACE"])
-    return Path(env["HOME"]) if env.get("HOME") else Path.home()
+    if env.get("HOME"):
+        return Path(env["HOME"])
+    try:
+        return Path.home()
+    except RuntimeError:
+        # No $HOME and no passwd entry (systemd's DynamicUser=): Debian's name for "no home";
+        # only a pallet run needs a workspace, and it then says this one doesn't exist.
+        return Path("/nonexistent")
 
 
 def stage_store_dir(
@@ -117,4 +126,5 @@ def load_settings(
         notify_socket=bool(env.get("NOTIFY_SOCKET")),
         is_systemd_unit=bool(env.get("INVOCATION_ID")),
         docker_config_dir=docker_config_dir(env),
+        workspace_given=bool(workspace or env.get("FORKLIFT_WORKSPACE")),
     )

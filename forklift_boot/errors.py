@@ -46,3 +46,19 @@ class EngineUnavailableError(EngineError):
 
 class RegistryError(ForkliftBootError):
     """A registry refused or failed a request."""
+
+
+class RegistryUnreachableError(RegistryError):
+    """A registry can't be reached: refused, timed out, silent, TLS failed."""
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal, a log line or the journal: control and other unprintable
+    characters escaped as Python writes them (``\\x1b``, ``\\n``, ``\\u2028``), so that a name
+    or an error body from outside can't colour, move or forge lines of forklift-boot's output."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )

@@ -6,7 +6,9 @@ found image to one ``source.copy`` under the cache's write lock and records the 
 manifests in the index. Load-img: the flow makes a ``LoadPlan`` per cached image (``plan_load``),
 asks ``target.resolve``/``identity``/``has_image`` what is already there, calls
 ``target.ensure_space`` once, ``target.load`` per image, and ``target.make_resolvable`` once for
-the refs that still don't resolve.
+the refs that still don't resolve. With read-through (``load-img --fetch``), the flow first asks
+a ``TagLookup`` what each tag names at its registry and fetches what is missing or newer into
+the cache through an ``ImageSource`` (cache-img's own flow), before any of that.
 """
 
 from __future__ import annotations
@@ -124,6 +126,18 @@ class ImageSource(Protocol):
         ...
 
 
+class TagLookup(Protocol):
+    """What a registry serves for a ref now, asked with a short, bounded wait."""
+
+    description: str
+
+    def current_digest(self, wanted: Wanted) -> str | None:
+        """The digest the registry serves for the wanted ref now; None when it has no such
+        image. RegistryUnreachableError when it can't be reached in the time allowed, any
+        other RegistryError when it refuses."""
+        ...
+
+
 # Loading from the cache
 
 
@@ -173,6 +187,19 @@ class ImageTarget(Protocol):
     ) -> dict[str, str]:
         """Tags and digest records so that each ref resolves; returns ref -> why it can't."""
         ...
+
+
+def find_cached(reader: CacheReader, wanted: Wanted) -> CachedImage | None:
+    """The cache entry of a wanted image: its own, else, for ``name:tag@digest``, the entry of
+    ``name@digest`` (the same image, as Docker ignores the tag of such a ref when it pulls;
+    load-img's read-through keeps an image whose tag moved on under that name)."""
+    entry = reader.find(wanted.canonical)
+    if entry is not None:
+        return entry
+    ref = wanted.refs[0]
+    if ref.tag is not None and ref.digested is not None:
+        return reader.find(ref.digested)
+    return None
 
 
 def plan_load(reader: CacheReader, entry: CachedImage, wanted: Wanted, platform: str) -> LoadPlan:

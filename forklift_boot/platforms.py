@@ -20,7 +20,9 @@ __all__ = [
     "format_platform",
     "matches",
     "parse_platform",
+    "platform_object",
     "platform_of",
+    "platform_text",
 ]
 
 _KNOWN_OS = frozenset(
@@ -162,6 +164,25 @@ def platform_of(descriptor_platform: Mapping[str, Any] | None) -> Platform | Non
     if not arch or arch == "unknown" or os_name == "unknown":
         return None
     return normalize(os_name, arch, variant)
+
+
+def platform_object(config: Mapping[str, Any]) -> dict[str, str]:
+    """An image index's ``platform`` object for an image config, as the config spells it."""
+    platform = {
+        "os": str(config.get("os", "linux")),
+        "architecture": str(config.get("architecture", "")),
+    }
+    if config.get("variant"):
+        platform["variant"] = str(config["variant"])
+    return platform
+
+
+def platform_text(descriptor_platform: Mapping[str, Any] | None) -> str:
+    """``os/arch[/variant]`` as a descriptor's ``platform`` object spells it, not normalised
+    (``format_platform`` is the canonical spelling of a platform string)."""
+    platform = descriptor_platform or {}
+    text = f"{platform.get('os', '')}/{platform.get('architecture', '')}"
+    return f"{text}/{platform['variant']}" if platform.get("variant") else text
 
 
 def compatible_platforms(wanted: Platform) -> list[Platform]:

@@ -19,6 +19,10 @@ FAILING = frozenset({MISSING, FAILED, UNRESOLVED})
 # nothing was written.
 ALREADY_THERE = "already there"
 
+# Where load-img's images came from: the engine had them, the cache, or the registry (fetched
+# into the cache in this run, then loaded from it).
+FROM_DOCKER, FROM_CACHE, FROM_REGISTRY = "docker", "cache", "registry"
+
 # Blobs a registry run (cache-img --from registry, cache push) transfers at once.
 DEFAULT_JOBS = 4
 
@@ -52,6 +56,7 @@ class ImageOutcome:
     detail: str = ""
     essential: bool = True
     bytes_written: int = 0
+    source: str | None = None  # load-img: FROM_DOCKER, FROM_CACHE or FROM_REGISTRY
 
     @property
     def is_failure(self) -> bool:
@@ -135,6 +140,7 @@ class Report(RunReport):
 
     action: str  # "cache" or "load"
     engine: str = "Docker"  # where a load goes: "Docker", "containerd (namespace k8s.io)"
+    show_sources: bool = False  # load-img with read-through: the headline counts sources
 
     @property
     def bytes_written(self) -> int:
@@ -150,14 +156,32 @@ class Report(RunReport):
                 f"{human_bytes(self.bytes_written)} written, {self.seconds:.1f} s"
             )
         done = self.count(LOADED, PRESENT, TAGGED)
+        sources = ""
+        if self.show_sources:
+            sources = (
+                f"; {self._from(FROM_REGISTRY)} from registries, {self._from(FROM_CACHE)} from "
+                f"the cache, {self._from(FROM_DOCKER)} from {self.engine}"
+            )
         return (
             f"{done}/{total} images ready in {self.engine} ({self.count(LOADED)} loaded, "
-            f"{self.count(TAGGED)} tagged, {self.count(PRESENT)} already there), "
+            f"{self.count(TAGGED)} tagged, {self.count(PRESENT)} already there{sources}), "
             f"{human_bytes(self.bytes_written)} sent to {self.engine}, {self.seconds:.1f} s"
+        )
+
+    def _from(self, source: str) -> int:
+        return sum(
+            o.source == source and o.status in (LOADED, PRESENT, TAGGED) for o in self.outcomes
         )
 
     def json_fields(self) -> dict[str, Any]:
         return {"action": self.action, "bytes_written": self.bytes_written}
+
+    def image_json(self, outcome: ImageOutcome) -> dict[str, Any]:
+        """A load also says where each image came from (null: it isn't there)."""
+        found = super().image_json(outcome)
+        if self.action == "load":
+            found["source"] = outcome.source
+        return found
 
 
 def _describe(outcomes: Sequence[ImageOutcome]) -> str:

@@ -1,4 +1,4 @@
-"""Shared test settings: where the shared fixtures live, and CI's rule that nothing skips."""
+"""Shared test settings: the pallet-standard fixture, and CI's rule that nothing skips."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import pallet_standard
+
 REPO_DIR = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES_DIR = REPO_DIR.parent / "shared" / "fixtures"
 COMPONENT_MARKERS = ("docker", "containerd", "registry", "systemd")
 
 
@@ -48,6 +49,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def pallet_standard_dir() -> Path:
-    path = SHARED_FIXTURES_DIR / "pallet-standard"
-    assert (path / "forklift-pallet.yml").is_file(), f"shared fixture missing: {path}"
-    return path
+    """PlanktoScope's pallet-standard at its pinned commit (tests/pallet_standard.py): a failure,
+    never a skip, when there is no copy and none can be fetched."""
+    try:
+        return pallet_standard.locate()
+    except pallet_standard.PalletStandardUnavailable as error:
+        message = str(error)
+    pytest.fail(message, pytrace=False)  # outside the except: no chained traceback

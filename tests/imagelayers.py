@@ -7,8 +7,10 @@ import hashlib
 import io
 import json
 import shutil
+import struct
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,8 +170,11 @@ def put_image(
     *,
     compression: str = "gzip",
     style: str = "oci",
+    media_type: str | None = None,
 ) -> StoredImage:
-    """Stores an image of these (uncompressed) layer tars in the cache with its writer API."""
+    """Stores an image of these (uncompressed) layer tars in the cache with its writer API;
+    ``media_type`` labels the layers instead of the one ``compression`` calls for (a wrong
+    label, as some images have)."""
     stored = StoredImage(ref)
     with ImageCache(cache_dir).writing() as writer:
         manifest = _write_manifest(
@@ -179,6 +184,7 @@ def put_image(
             style=style,
             stored=stored,
             architecture="amd64",
+            media_type=media_type,
         )
         canonical = parse_image_ref(ref).with_default_tag().canonical
         writer.put_images([CachedImage(canonical, (ref,), manifest, platform="linux/amd64")])
@@ -228,11 +234,12 @@ def _write_manifest(
     style: str,
     stored: StoredImage,
     architecture: str,
+    media_type: str | None = None,
 ) -> Descriptor:
     descriptors = []
     for layer in layers:
         descriptor = writer.write_blob(
-            compress(layer, compression), layer_media_type(compression, style)
+            compress(layer, compression), media_type or layer_media_type(compression, style)
         )
         descriptors.append(descriptor)
         stored.layer_digests.append(descriptor.digest)
@@ -258,3 +265,56 @@ def docker_archive(repo_tag: str, layers: Sequence[bytes]) -> bytes:
             info.mtime = MTIME
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def gzip_with_zeros(prefix: bytes, zeros: int, suffix: bytes) -> bytes:
+    """A gzip stream of ``prefix``, ``zeros`` zero bytes and ``suffix``, made without holding
+    the zeros: each MiB of them compresses, after a full flush, to the same bytes."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate; the gzip frame is ours
+    parts = [compressor.compress(prefix), compressor.flush(zlib.Z_FULL_FLUSH)]
+    crc = zlib.crc32(prefix)
+    mib = bytes(1 << 20)
+    whole, rest = divmod(zeros, len(mib))
+    if whole:
+        one = compressor.compress(mib) + compressor.flush(zlib.Z_FULL_FLUSH)
+        parts.append(one * whole)
+        for _ in range(whole):
+            crc = zlib.crc32(mib, crc)
+    parts += [compressor.compress(bytes(rest) + suffix), compressor.flush()]
+    crc = zlib.crc32(bytes(rest) + suffix, crc)
+    size = len(prefix) + zeros + len(suffix)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, mtime 0, unknown OS
+    return header + b"".join(parts) + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def put_blobs(cache_dir: Path, ref: str, blobs: Sequence[bytes], media_type: str) -> StoredImage:
+    """Stores an image whose layer blobs are given as they are (crafted, perhaps huge once
+    decompressed). Its diff IDs are the blobs' digests: export-file never reads them."""
+    stored = StoredImage(ref)
+    with ImageCache(cache_dir).writing() as writer:
+        descriptors = [writer.write_blob(blob, media_type) for blob in blobs]
+        stored.layer_digests = [descriptor.digest for descriptor in descriptors]
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": stored.layer_digests},
+            }
+        ).encode()
+        config_descriptor = writer.write_blob(config, MEDIA_OCI_CONFIG)
+        manifest = writer.write_blob(
+            build_oci_manifest(config_descriptor, descriptors), MEDIA_OCI_MANIFEST
+        )
+        canonical = parse_image_ref(ref).with_default_tag().canonical
+        writer.put_images([CachedImage(canonical, (ref,), manifest, platform="linux/amd64")])
+    return stored
+
+
+def raw_entries(*entries: Entry) -> bytes:
+    """Entries' tar bytes without the end-of-archive blocks, to put crafted ones after."""
+    parts = []
+    for entry in entries:
+        parts.append(entry.info.tobuf(format=tarfile.PAX_FORMAT))
+        if entry.info.isreg():
+            parts.append(entry.data + bytes(-len(entry.data) % tarfile.BLOCKSIZE))
+    return b"".join(parts)

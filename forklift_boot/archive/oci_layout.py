@@ -1,4 +1,4 @@
-"""Recording images that arrived as an OCI layout stream, blobs unchanged.
+"""Reading OCI layout streams into the cache, blobs unchanged, and recording their images.
 
 ``ctr images export`` and ``docker save`` on Docker's containerd image store both send the
 registry's own index or manifest with its compressed blobs. The cache keeps them byte for
@@ -10,18 +10,107 @@ blobs it brought.
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Mapping, Sequence
+import posixpath
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from forklift_boot.archive import ImportedLayout
-from forklift_boot.cache import INDEX_MEDIA_TYPES, CacheReader, CacheWriter, Descriptor
+from forklift_boot.archive.streams import ChunkReader, parse_json
+from forklift_boot.cache import (
+    ANNOTATION_IMAGE_NAME,
+    ANNOTATION_REF_NAME,
+    BUFFER_SIZE,
+    INDEX_MEDIA_TYPES,
+    CacheReader,
+    CacheWriter,
+    Descriptor,
+)
 from forklift_boot.cache.selection import choose_platform_manifest
 from forklift_boot.cache.walk import walk_blobs
-from forklift_boot.errors import EngineError
-from forklift_boot.images import CopiedImage
+from forklift_boot.errors import CacheError, EngineError
+from forklift_boot.images import ByteCounter, CopiedImage
+from forklift_boot.platforms import platform_object
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImportedLayout:
+    """An OCI layout stream, now in the cache exactly as it was sent."""
+
+    names: Mapping[str, Descriptor]  # index.json image name -> its descriptor (no annotations)
+    new_blobs: Mapping[str, int]  # digest -> size of blobs the cache did not have
+    # Every index.json entry by digest, named or not (Docker saves an image asked for by
+    # digest alone without a name).
+    by_digest: Mapping[str, Descriptor] = field(default_factory=dict)
+
+
+def import_oci_layout(
+    chunks: Iterable[bytes],
+    writer: CacheWriter,
+    *,
+    what: str,
+    on_bytes: ByteCounter = lambda n: None,
+) -> ImportedLayout:
+    """Stores every ``blobs/sha256/<hex>`` of an OCI layout tar unchanged (checked against its
+    name) and returns the images its ``index.json`` names (``io.containerd.image.name``, else
+    ``org.opencontainers.image.ref.name``). Compressed layers, manifests and indexes keep their
+    bytes, so registry digests survive. ``manifest.json`` and anything else is ignored.
+    """
+    new_blobs: dict[str, int] = {}
+    index: Any = None
+    source = io.BufferedReader(ChunkReader(chunks, on_bytes), BUFFER_SIZE)
+    try:
+        with tarfile.open(fileobj=source, mode="r|") as archive:
+            for member in archive:
+                name = posixpath.normpath(member.name)
+                if not member.isfile():
+                    continue
+                file = archive.extractfile(member)
+                if file is None:
+                    continue
+                if name.startswith("blobs/sha256/") and name.count("/") == 2:
+                    digest = "sha256:" + name.rsplit("/", 1)[1]
+                    with writer.blob_writer() as blob:
+                        blob.copy_from(file)
+                        try:
+                            stored = blob.commit(expected_digest=digest, expected_size=member.size)
+                        except CacheError as err:
+                            raise EngineError(
+                                f"couldn't read the image stream from {what}: {err}"
+                            ) from err
+                    if stored.is_new:
+                        new_blobs[digest] = stored.size
+                elif name == "index.json":
+                    index = parse_json(file, name)
+        # Read to the end (tar padding), so that the producer finishes and reports its status.
+        while source.read(BUFFER_SIZE):
+            pass
+    except tarfile.TarError as err:
+        raise EngineError(f"couldn't read the image stream from {what}: {err}") from err
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise EngineError(f"couldn't read the image stream from {what}: it has no index.json")
+    names: dict[str, Descriptor] = {}
+    by_digest: dict[str, Descriptor] = {}
+    for entry in index["manifests"]:
+        descriptor = Descriptor.from_json(entry, f"index.json of the stream from {what}")
+        annotations = descriptor.annotations
+        image_name = annotations.get(ANNOTATION_IMAGE_NAME) or annotations.get(ANNOTATION_REF_NAME)
+        if not writer.has_blob(descriptor.digest):
+            raise EngineError(
+                f"couldn't read the image stream from {what}: {image_name or 'an entry'} "
+                f"({descriptor.digest}) is not in it"
+            )
+        plain = Descriptor(
+            descriptor.media_type, descriptor.digest, descriptor.size, platform=descriptor.platform
+        )
+        by_digest[descriptor.digest] = plain
+        if image_name:
+            names[image_name] = plain
+    return ImportedLayout(names=names, new_blobs=new_blobs, by_digest=by_digest)
 
 
 def copied_from_layout(
@@ -94,14 +183,3 @@ def config_digest_of(reader: CacheReader, manifest: Descriptor, name: str) -> st
     if not isinstance(digest, str):
         raise EngineError(f"the manifest of {name} has no config")
     return digest
-
-
-def platform_object(config: Mapping[str, Any]) -> dict[str, str]:
-    """An image index's ``platform`` object for an image config."""
-    platform = {
-        "os": str(config.get("os", "linux")),
-        "architecture": str(config.get("architecture", "")),
-    }
-    if config.get("variant"):
-        platform["variant"] = str(config["variant"])
-    return platform

@@ -1,4 +1,4 @@
-"""The OCI image manifests that forklift-boot writes itself (decision 3: any tool reads them)."""
+"""The OCI image manifests that forklift-boot writes itself (docs/architecture.md, decision 3)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from forklift_boot.cache.descriptors import Descriptor
 from forklift_boot.cache.media import INDEX_MEDIA_TYPES
 from forklift_boot.cache.reader import CacheReader
 from forklift_boot.errors import CacheError, ForkliftBootError
-from forklift_boot.platforms import best_match, parse_platform, platform_of
+from forklift_boot.platforms import best_match, parse_platform, platform_of, platform_text
 
 
 def known_layer_blobs(reader: CacheReader) -> dict[str, Descriptor]:
@@ -62,14 +62,8 @@ def choose_platform_manifest(
     chosen = best_match(wanted, [(platform_of(d.platform), d) for d in present])
     if chosen is not None:
         return chosen
-    cached = ", ".join(_platform_of(d) for d in present) or "none"
+    cached = ", ".join(platform_text(d.platform) for d in present) or "none"
     raise CacheError(
         f"couldn't load {name}: the cache has no {platform} manifest "
         f"(cached: {cached}); cache it with --platform {platform}"
     )
-
-
-def _platform_of(descriptor: Descriptor) -> str:
-    platform = descriptor.platform or {}
-    text = f"{platform.get('os', '')}/{platform.get('architecture', '')}"
-    return f"{text}/{platform['variant']}" if platform.get("variant") else text

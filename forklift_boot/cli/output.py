@@ -6,10 +6,12 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from forklift_boot.cache import human_bytes
 from forklift_boot.config import Settings
+from forklift_boot.errors import printable
 from forklift_boot.report import ImageOutcome, Progress, RunReport
 from forklift_boot.systemd import SystemdProgress, notify
 
@@ -33,7 +35,8 @@ class _StderrFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        # The last way out: text from outside (a name, an error body) can't forge a line here.
+        message = printable(record.getMessage())
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         if self.journal:
@@ -115,6 +118,17 @@ def progress_for(verb: str, settings: Settings) -> Progress:
     if settings.notify_socket:
         progress = SystemdProgress(verb, progress)
     return progress
+
+
+def status_for(settings: Settings) -> Callable[[str], None]:
+    """A line for systemd's ``STATUS=`` when systemd listens, and the debug log."""
+
+    def status(text: str) -> None:
+        log.debug("%s", text)
+        if settings.notify_socket:
+            notify(f"STATUS={text}")
+
+    return status
 
 
 def print_report(

@@ -9,13 +9,14 @@ import signal
 from pathlib import Path
 from typing import TextIO
 
+from forklift_boot.cli.options import Command, add_bool, positive_int
 from forklift_boot.config import Settings
 from forklift_boot.errors import CacheError, ForkliftBootError, UsageError
-from forklift_boot.exchange.serve import CacheServer
-from forklift_boot.stores.registry.client import is_loopback_host
+from forklift_boot.exchange.serve import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, CacheServer
+from forklift_boot.stores.registry.endpoints import is_loopback_host
 from forklift_boot.systemd import notify
 
-__all__ = ["DEFAULT_LISTEN", "cache_serve", "parse_listen"]
+__all__ = ["COMMAND", "DEFAULT_LISTEN", "cache_serve", "parse_listen"]
 
 log = logging.getLogger("forklift_boot")
 
@@ -36,6 +37,33 @@ def parse_listen(text: str) -> tuple[str, int]:
     return match["ipv6"] or match["host"], port
 
 
+def add_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free one)",
+    )
+    add_bool(
+        serve, "--verify", "check each whole blob against its digest as it is sent", default=True
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=f"clients served at once; more get HTTP 503 at once (default {MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=positive_int,
+        default=int(HEADER_TIMEOUT_SECONDS),
+        metavar="SECONDS",
+        help="the longest a client may take to send a request's line and headers (default "
+        f"{HEADER_TIMEOUT_SECONDS:g})",
+    )
+
+
 def cache_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     host, port = parse_listen(args.listen)
     cache_dir = settings.cache_dir
@@ -45,7 +73,13 @@ def cache_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
             " fill it with `forklift-boot cache-img`, or name another with --cache-dir"
         )
     try:
-        server = CacheServer(cache_dir, (host, port), verify=args.verify)
+        server = CacheServer(
+            cache_dir,
+            (host, port),
+            verify=args.verify,
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
+        )
     except OSError as err:
         raise ForkliftBootError(f"couldn't listen on {args.listen}: {err.strerror or err}") from err
     with server:
@@ -81,3 +115,16 @@ def _announce(server: CacheServer, cache_dir: Path, settings: Settings, out: Tex
     out.flush()
     if settings.notify_socket:
         notify("READY=1", f"STATUS=serving {cache_dir} at http://{server.address}")
+
+
+COMMAND = Command(
+    "Serves the cache read-only as a registry",
+    description=(
+        "Serves the cached images read-only over the pull side of the OCI distribution API "
+        "(plain HTTP), until SIGTERM or Ctrl-C: `docker pull HOST:PORT/library/nginx:1.27`, "
+        "Docker's registry-mirrors for Docker Hub, containerd's hosts.toml mirrors for any "
+        "registry. Prints the address it listens on."
+    ),
+    add_arguments=add_arguments,
+    handler=cache_serve,
+)

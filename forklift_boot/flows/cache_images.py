@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 
 from forklift_boot.cache import CachedImage, CacheWriter, Descriptor, ImageCache, ensure_free_space
@@ -19,6 +19,7 @@ from forklift_boot.images import (
     group_by_canonical,
     missing_outcome,
 )
+from forklift_boot.refs import parse_image_ref
 from forklift_boot.report import ALREADY_CACHED, CACHED, FAILED, NoProgress, Progress, Report
 from forklift_boot.requirements import RequiredImage
 
@@ -92,16 +93,32 @@ def cache_images(
     progress: Progress | None = None,
 ) -> Report:
     """Copies every required image the cache lacks out of ``source``; writes nothing else."""
+    return cache_wanted(
+        group_by_canonical(required), source, cache, compress=compress, progress=progress
+    )
+
+
+def cache_wanted(
+    wanted: Sequence[Wanted],
+    source: ImageSource,
+    cache: ImageCache,
+    *,
+    compress: str,
+    progress: Progress | None = None,
+    refresh: Collection[str] = (),
+) -> Report:
+    """Copies the wanted images the cache lacks out of ``source``, and those named in
+    ``refresh`` (canonical names) again even if cached: a refreshed entry whose image changed
+    keeps its old image under a digest name (see ``_kept_as_digest``)."""
     progress = progress or NoProgress()
     report = Report("cache")
-    wanted = group_by_canonical(required)
     with cache.writing() as writer:
         cached = {image.canonical: image for image in writer.images()}
         to_copy: list[SourceImage] = []
         renamed: list[CachedImage] = []
         for item in wanted:
             entry = cached.get(item.canonical)
-            if entry is not None:
+            if entry is not None and item.canonical not in refresh:
                 refs = tuple(sorted({*entry.refs, *item.written}))
                 if refs != entry.refs:
                     renamed.append(replace(entry, refs=refs))
@@ -186,4 +203,35 @@ def _copy(
         outcome = image.wanted.outcome(CACHED, bytes_written=new_bytes)
         report.add(outcome)
         progress.finish_image(outcome)
+    # Read at commit time, not when the run started: another writer may have changed it.
+    current = {image.canonical: image for image in writer.images()}
+    kept = _kept_as_digest(entries, current)
+    # A refreshed entry answers to every spelling the old one did.
+    entries = [
+        replace(e, refs=(*e.refs, *current[e.canonical].refs)) if e.canonical in current else e
+        for e in entries
+    ]
+    entries.extend(kept)
     writer.put_images(entries)
+
+
+def _kept_as_digest(
+    entries: Sequence[CachedImage], current: Mapping[str, CachedImage]
+) -> list[CachedImage]:
+    """The images that ``entries`` replace under their tags, each kept as ``name@digest`` (the
+    digest its registry served for the tag, else its manifest's), so that a bundle that pins it
+    still loads until ``cache del-img`` finds no bundle that needs it."""
+    kept: list[CachedImage] = []
+    for entry in entries:
+        old = current.get(entry.canonical)
+        if old is None or old.descriptor.digest == entry.descriptor.digest:
+            continue
+        ref = parse_image_ref(old.canonical)
+        if ref.digest is not None:
+            continue  # a pinned entry never moves
+        name = f"{ref.name}@{old.registry_digest or old.descriptor.digest}"
+        if name in current or any(e.canonical == name for e in entries):
+            continue
+        log.info("keeping the previous image of %s as %s", old.canonical, name)
+        kept.append(replace(old, canonical=name, refs=(name,)))
+    return kept

@@ -9,11 +9,13 @@ from dataclasses import replace
 from forklift_boot.cache import ImageCache
 from forklift_boot.errors import CacheError, EngineError, ForkliftBootError
 from forklift_boot.faults import checkpoint
+from forklift_boot.flows.read_through import Fetched, ReadThrough, read_through
 from forklift_boot.images import (
     ByteCounter,
     ImageTarget,
     LoadPlan,
     Wanted,
+    find_cached,
     group_by_canonical,
     missing_outcome,
     plan_load,
@@ -21,7 +23,11 @@ from forklift_boot.images import (
 from forklift_boot.refs import ImageRef
 from forklift_boot.report import (
     FAILED,
+    FROM_CACHE,
+    FROM_DOCKER,
+    FROM_REGISTRY,
     LOADED,
+    MISSING,
     PRESENT,
     TAGGED,
     UNRESOLVED,
@@ -44,22 +50,26 @@ def load_images(
     record_digests: bool = True,
     progress: Progress | None = None,
     engine: str = "Docker",
+    fetch: ReadThrough | None = None,
 ) -> Report:
-    """Loads what the target lacks (by image ID and by ref as written) from the cache."""
+    """Loads what the target lacks (by image ID and by ref as written) from the cache; with
+    ``fetch``, first fetches into the cache what is missing (or newer) at the registries."""
     progress = progress or NoProgress()
-    report = Report("load", engine)
+    report = Report("load", engine, show_sources=fetch is not None)
     outcomes: dict[str, ImageOutcome] = {}
     wanted = group_by_canonical(required)
+    fetched = read_through(wanted, target, cache, fetch) if fetch is not None else Fetched()
     with cache.reading() as reader:
         plans: list[LoadPlan] = []
         for item in wanted:
-            entry = reader.find(item.canonical)
+            entry = find_cached(reader, item)
             if entry is None:
                 if all(target.resolve(ref) for ref in item.written):
                     outcomes[item.canonical] = item.outcome(PRESENT)
                 else:
                     outcomes[item.canonical] = missing_outcome(
-                        item, "not in the cache; cache it first"
+                        item,
+                        fetched.problems.get(item.canonical, "not in the cache; cache it first"),
                     )
                 continue
             try:
@@ -96,9 +106,20 @@ def load_images(
         in_target = [plan for plan in plans if plan.wanted.canonical not in failed]
         _make_resolvable(target, in_target, outcomes, record_digests=record_digests)
     for item in wanted:
-        report.add(outcomes[item.canonical])
-        progress.finish_image(outcomes[item.canonical])
+        outcome = replace(outcomes[item.canonical], source=_source(outcomes[item.canonical]))
+        if outcome.source == FROM_CACHE and item.canonical in fetched.from_registry:
+            outcome = replace(outcome, source=FROM_REGISTRY)
+        report.add(outcome)
+        progress.finish_image(outcome)
     return report.finish()
+
+
+def _source(outcome: ImageOutcome) -> str | None:
+    """Where the image in the engine came from: it was there already (perhaps under other
+    names), or the cache."""
+    if outcome.status in (PRESENT, TAGGED):
+        return FROM_DOCKER
+    return None if outcome.status == MISSING else FROM_CACHE
 
 
 def _make_resolvable(

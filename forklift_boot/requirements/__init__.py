@@ -5,6 +5,7 @@ The only package that reads Forklift's YAML files.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,8 @@ def list_pallet_images(
     pallet_dir: Path, workspace_dir: Path, *, include_disabled: bool, with_file_exports: bool
 ) -> list[RequiredImage]:
     uses = images_of_pallet(
-        pallet_dir,
-        Workspace(workspace_dir),
+        _absolute(pallet_dir),
+        Workspace(_absolute(workspace_dir)),
         include_disabled=include_disabled,
         with_file_exports=with_file_exports,
     )
@@ -57,7 +58,7 @@ def list_pallet_images(
 
 
 def list_bundle_images(bundle_dir: Path, *, with_file_exports: bool) -> list[RequiredImage]:
-    uses = images_of_bundle(bundle_dir, with_file_exports=with_file_exports)
+    uses = images_of_bundle(_absolute(bundle_dir), with_file_exports=with_file_exports)
     return _collect((use, None, True) for use in uses)
 
 
@@ -68,7 +69,7 @@ def list_stage_store_images(
 
     Images of the bundle ``forklift stage apply`` would apply are marked essential.
     """
-    store = load_stage_store(store_dir)
+    store = load_stage_store(_absolute(store_dir))
     bundles = store.select(selectors)
     return _collect(
         (use, bundle.label, bundle.index == store.applied_index)
@@ -109,6 +110,15 @@ def list_given_images(refs: Iterable[str], origin: str) -> list[RequiredImage]:
             where = f"{origin}, line {number}" if origin != "the command line" else origin
             raise RequirementsError(f"couldn't parse image reference in {where}: {err}") from err
     return [RequiredImage(found[text], (), ()) for text in sorted(found)]
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute against the current directory, symlinks kept.
+
+    Package and compose file names are joined to their directories more than once on the way
+    (compose-go joins the working dir again), so a relative directory would be doubled.
+    """
+    return Path(os.path.abspath(path))
 
 
 def _collect(uses: Iterable[tuple[ImageUse, str | None, bool]]) -> list[RequiredImage]:

@@ -12,7 +12,8 @@ from forklift_boot.requirements.files import (
     get_str_list,
     load_yaml_mapping,
 )
-from forklift_boot.requirements.packages import load_package
+from forklift_boot.requirements.packages import PackageDir, load_package
+from forklift_boot.requirements.trees import package_subdir, real_tree
 from forklift_boot.requirements.versions import is_version_at_least
 
 BUNDLE_FILE = "forklift-bundle.yml"
@@ -77,7 +78,8 @@ def _images_from_packages(
         package_path = get_str(definition, "package", path, _WHAT)
         features = get_str_list(definition, "features", path, _WHAT)
         # Forklift's FSBundle.LoadFSPkg: packages/<package path without its leading slash>.
-        package_dir = bundle_dir / "packages" / package_path.lstrip("/")
+        subdir = package_subdir(package_path, package_path, path)
+        package_dir = PackageDir(bundle_dir / "packages" / subdir, (real_tree(bundle_dir),))
         package = load_package(package_dir, package_path)
         uses.extend(
             images_of_deployment(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forklift_boot.requirements.compose import load_compose_services
-from forklift_boot.requirements.packages import PACKAGE_FILE, Package
+from forklift_boot.requirements.packages import Package
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,21 @@ def images_of_deployment(
 ) -> list[ImageUse]:
     parts = package.select(features, deployment)
     uses: list[ImageUse] = []
-    compose_files = [package.package_dir / name for part in parts for name in part.compose_files]
+    names = [name for part in parts for name in part.compose_files]
     # A deployment with no compose files defines no app (Forklift's DefinesComposeApp).
-    if compose_files:
+    if names:
+        # Forklift opens each compose file through the package's filesystem (an override in
+        # the pallet wins, clients/docker/compose-loading.go) but names it, and hands
+        # compose-go the directory, as inside the package's path (MergeFS.Path).
+        directory = package.directory
+        files = [directory.path / name for name in names]  # a file may be listed twice
+        sources = {directory.path / name: directory.file(name, package.file) for name in names}
         services = load_compose_services(
-            compose_files, package.package_dir, compose_app_name(deployment)
+            files,
+            directory.path,
+            compose_app_name(deployment),
+            sources=sources,
+            within=directory.trees,
         )
         for service in services:
             if not service.image:
@@ -49,9 +59,8 @@ def images_of_deployment(
                 continue
             uses.append(ImageUse(service.image, deployment, service.name, service.compose_file))
     if with_file_exports:
-        package_file = package.package_dir / PACKAGE_FILE
         uses.extend(
-            ImageUse(image, deployment, "", package_file)
+            ImageUse(image, deployment, "", package.file)
             for part in parts
             for image in part.oci_image_exports
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from forklift_boot.errors import RequirementsError
 from forklift_boot.requirements.files import get_mapping, get_str, get_str_list, load_yaml_mapping
+from forklift_boot.requirements.trees import check_inside, has_parent_step
 
 PACKAGE_FILE = "forklift-package.yml"
 _WHAT = "package file"
@@ -22,9 +25,42 @@ class PackageParts:
 
 
 @dataclass(frozen=True)
+class PackageDir:
+    """Where a package's files are, as Forklift opens them.
+
+    ``path`` is the directory Forklift names the package by (``PathedFS.Path``, compose-go's
+    working dir): in a pallet it is inside the pallet's own directory even when the package
+    comes from a required pallet and that directory does not exist on disk. ``locate`` finds
+    the file Forklift opens for a name relative to it (the pallet's own first, then the
+    imported one); ``trees`` are where every file the package leads to must stay.
+    """
+
+    path: Path
+    trees: tuple[Path, ...]
+    locate: Callable[[str], Path | None] | None = None
+
+    def file(self, name: str, where: Path) -> Path:
+        """The real file Forklift opens for ``name``; a name leaving the package is refused."""
+        # Forklift opens these through an fs.FS, which refuses absolute names and `..`.
+        if name.startswith("/") or has_parent_step(name):
+            raise RequirementsError(
+                f"couldn't load package file {name} named in {where}: it is not inside the "
+                f"package directory {self.path}; name it relative to the package",
+                where,
+            )
+        name = posixpath.normpath(name)
+        found = self.locate(name) if self.locate is not None else None
+        file = found if found is not None else self.path / name
+        if file.exists():
+            check_inside(file, self.trees, f"named in {where}")
+        return file
+
+
+@dataclass(frozen=True)
 class Package:
     path: str  # e.g. github.com/PlanktoScope/device-pkgs/core/infra/caddy-ingress
-    package_dir: Path
+    directory: PackageDir
+    file: Path  # the forklift-package.yml read
     deployment: PackageParts
     features: dict[str, PackageParts]
 
@@ -39,16 +75,16 @@ class Package:
                 f"couldn't evaluate deployment {deployment_name}: unrecognized feature flags "
                 f"{unknown} for package {self.path} (known: {sorted(self.features)}); "
                 f"fix the deployment's `features` list",
-                self.package_dir / PACKAGE_FILE,
+                self.file,
             )
         return [self.deployment] + [self.features[name] for name in sorted(set(feature_names))]
 
 
-def load_package(package_dir: Path, package_path: str) -> Package:
-    path = package_dir / PACKAGE_FILE
+def load_package(package_dir: PackageDir, package_path: str) -> Package:
+    path = package_dir.file(PACKAGE_FILE, package_dir.path)
     if not path.is_file():
         raise RequirementsError(
-            f"couldn't find package {package_path}: no {PACKAGE_FILE} in {package_dir}", path
+            f"couldn't find package {package_path}: no {PACKAGE_FILE} in {package_dir.path}", path
         )
     data = load_yaml_mapping(path, _WHAT)
     features = {
@@ -57,7 +93,8 @@ def load_package(package_dir: Path, package_path: str) -> Package:
     }
     return Package(
         path=package_path,
-        package_dir=package_dir,
+        directory=package_dir,
+        file=path,
         deployment=_parse_parts(data.get("deployment"), path, "deployment"),
         features=features,
     )

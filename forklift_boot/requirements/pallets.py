@@ -27,7 +27,14 @@ from forklift_boot.requirements.files import (
     get_str_list,
     load_yaml_mapping,
 )
-from forklift_boot.requirements.packages import PACKAGE_FILE, load_package
+from forklift_boot.requirements.packages import PACKAGE_FILE, PackageDir, load_package
+from forklift_boot.requirements.trees import (
+    check_inside,
+    has_parent_step,
+    package_subdir,
+    real_tree,
+    refuse_parent_steps,
+)
 from forklift_boot.requirements.versions import VERSION_LOCK_FILE, load_locked_version
 
 log = logging.getLogger(__name__)
@@ -47,10 +54,21 @@ class Workspace:
     workspace_dir: Path
 
     def pallet_dir(self, pallet_path: str, version: str) -> Path:
-        return self.workspace_dir / ".cache/forklift/pallets" / f"{pallet_path}@{version}"
+        return self._cached("pallets", pallet_path, version)
 
     def repo_dir(self, repo_path: str, version: str) -> Path:
-        return self.workspace_dir / ".cache/forklift/repositories" / f"{repo_path}@{version}"
+        return self._cached("repositories", repo_path, version)
+
+    def _cached(self, kind: str, path: str, version: str) -> Path:
+        # A version lock's timestamp or commit is pasted into the name as written: `..` in
+        # either would lead out of the cache.
+        name = f"{path}@{version}"
+        if has_parent_step(name) or name.startswith("/"):
+            raise RequirementsError(
+                f"couldn't find {path}@{version} in the workspace cache: the name leaves "
+                f"{self.workspace_dir / '.cache/forklift' / kind}; fix its version lock",
+            )
+        return self.workspace_dir / ".cache/forklift" / kind / name
 
 
 @dataclass
@@ -60,12 +78,23 @@ class MergedPallet:
     root_dir: Path
     pallet_path: str
     imported: dict[str, Path] = field(default_factory=dict)  # relative target -> real file
+    # The real directories of this pallet and of every pallet merged into it: every file the
+    # pallet leads forklift-boot to read must be inside one of them.
+    trees: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.trees:
+            self.trees = (real_tree(self.root_dir),)
 
     def real_file(self, rel: str) -> Path | None:
+        """Forklift's ``MergeFS.Open``: the pallet's own file first, else the imported one."""
         rel = posixpath.normpath(rel.lstrip("/"))
         own = self.root_dir / rel
         if os.path.lexists(own):  # a FIFO or a symlink loop too: reading it says what it is
-            return None if own.is_dir() else own
+            if own.is_dir():
+                return None
+            check_inside(own, self.trees, f"a file of pallet {self.pallet_path}")
+            return own
         return self.imported.get(rel)
 
     def files(self) -> Iterator[str]:
@@ -98,7 +127,7 @@ class PalletLoader:
         self._merging: list[Path] = []
 
     def merge(self, root_dir: Path) -> MergedPallet:
-        root_dir = root_dir.resolve()
+        root_dir = real_tree(root_dir)
         if root_dir in self._merged:
             return self._merged[root_dir]
         if root_dir in self._merging:
@@ -156,7 +185,9 @@ class PalletLoader:
             by_pallet[req_path][1].append(group)
 
         imported: dict[str, Path] = {}
+        trees = list(shallow.trees)
         for _path, (required, req_groups) in sorted(by_pallet.items()):
+            trees += [tree for tree in required.trees if tree not in trees]
             mappings = self._consolidate(req_groups, required)
             for target, source in mappings.items():
                 real = required.real_file(source)
@@ -172,7 +203,7 @@ class PalletLoader:
                         root_dir,
                     )
                 imported.setdefault(rel, real)
-        return MergedPallet(root_dir, pallet_path, imported)
+        return MergedPallet(root_dir, pallet_path, imported, tuple(trees))
 
     def _consolidate(self, groups: list[ImportGroup], required: MergedPallet) -> dict[str, str]:
         union: dict[str, str] = {}
@@ -257,10 +288,11 @@ class PalletLoader:
         # Forklift loads the feature from the required pallet's own (unmerged) files.
         local_name = _trim_prefix(name, f"{req_path}/features/")
         feature_file = req_dir / "features" / (local_name + FEATURE_EXT)
-        if not feature_file.is_file():
+        if has_parent_step(local_name) or not feature_file.is_file():
             raise RequirementsError(
                 f"couldn't load feature {name} used by {user.name}: no {feature_file}", user.file
             )
+        check_inside(feature_file, [real_tree(req_dir)], f"feature {name} used by {user.name}")
         return _load_import_group(feature_file, name)
 
 
@@ -272,6 +304,7 @@ def load_pallet_path(root_dir: Path) -> str:
             "point --pallet at a pallet's root directory",
             path,
         )
+    check_inside(path, [real_tree(root_dir)], f"the pallet file of {root_dir}")
     spec = get_mapping(load_yaml_mapping(path, "pallet file"), "pallet", path, "pallet file")
     return get_str(spec, "path", path, "pallet file")
 
@@ -305,14 +338,18 @@ def images_of_pallet(
 
 def _resolve_package_dir(
     tree: MergedPallet, workspace: Workspace, package_path: str, deployment: str, file: Path
-) -> Path:
+) -> PackageDir:
     if not package_path:
         raise RequirementsError(
             f"couldn't evaluate deployment {deployment}: `package` is missing in {file}", file
         )
     if package_path.startswith("/"):
-        # A package inside the pallet itself (Forklift's LoadPkgReq special case).
-        subdir = package_path.strip("/")
+        # A package inside the pallet itself (Forklift's LoadPkgReq special case). Forklift
+        # loads it through the merged pallet's filesystem (MergeFS.Sub), so each of its files
+        # is the pallet's own when the pallet has one and the imported one otherwise, and its
+        # directory (compose-go's working dir, MergeFS.Path) is inside the pallet's own
+        # directory, whether that exists on disk or not.
+        subdir = package_subdir(package_path, package_path, file)
         package_file = tree.real_file(f"{subdir}/{PACKAGE_FILE}")
         if package_file is None:
             raise RequirementsError(
@@ -320,7 +357,12 @@ def _resolve_package_dir(
                 f"{package_path} (no {tree.root_dir / subdir / PACKAGE_FILE})",
                 file,
             )
-        return package_file.parent
+
+        def in_merged_pallet(name: str) -> Path | None:
+            return tree.real_file(f"{subdir}/{name}")
+
+        return PackageDir(tree.root_dir / subdir, tree.trees, in_merged_pallet)
+    refuse_parent_steps(package_path, file)  # before it picks a requirement by its parents
     try:
         repo_path, lock_file = _find_requirement(tree, REPO_REQS_DIR, package_path, "repository")
     except RequirementsError as err:
@@ -334,7 +376,10 @@ def _resolve_package_dir(
             "`forklift plt cache-repo`, or pass the right --workspace",
             repo_dir,
         )
-    return repo_dir / _trim_prefix(package_path, repo_path + "/")
+    subdir = package_subdir(_trim_prefix(package_path, repo_path + "/"), package_path, file)
+    # A package from a repository is read from the repository's cache alone: imports never
+    # reach it (Forklift's FSRepoCache.LoadFSPkg is a plain directory).
+    return PackageDir(repo_dir / subdir, (real_tree(repo_dir),))
 
 
 def _find_requirement(tree: MergedPallet, reqs_dir: str, path: str, kind: str) -> tuple[str, Path]:
@@ -359,6 +404,7 @@ def _load_import_groups(root_dir: Path) -> list[ImportGroup]:
     groups = []
     for file in sorted(reqs_dir.rglob("*" + IMPORT_EXT)):
         name = file.relative_to(reqs_dir).as_posix().removesuffix(IMPORT_EXT)
+        check_inside(file, [real_tree(root_dir)], f"import group {name}")
         groups.append(_load_import_group(file, name))
     return groups
 

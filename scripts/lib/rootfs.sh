@@ -47,7 +47,7 @@ build_rootfs() {
   [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap and chroot need it)"
   command -v debootstrap >/dev/null || die "debootstrap missing (apt-get install debootstrap)"
 
-  # The mirror apt already uses (the first deb822 URIs: line; TESTBED.md §2), unless overridden.
+  # The mirror apt already uses (the first deb822 URIs: line; docs/testbed.md), unless overridden.
   MIRROR=${FORKLIFT_BOOT_MIRROR:-}
   if [ -z "$MIRROR" ] && [ -f "$HOST_SOURCES" ]; then
     MIRROR=$(awk '/^URIs:/ { print $2; exit }' "$HOST_SOURCES")

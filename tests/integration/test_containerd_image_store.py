@@ -3,7 +3,7 @@ pulled as a multi-platform index, and caches carried across stores.
 
 Docker 26 (trixie's docker.io) runs with the containerd image store from a debootstrapped
 rootfs; image IDs there are the digest of what a name points at (index or manifest), and a
-digest ref resolves only to an image whose target has that digest (DOCKER-STORES.md, Fact A).
+digest ref resolves only to an image whose target has that digest (docs/testbed.md).
 """
 
 from __future__ import annotations

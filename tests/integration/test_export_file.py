@@ -137,9 +137,13 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+# Docker creates the image's device nodes and keeps set-ID bits; export-file does only when asked.
+AS_DOCKER = ("--keep-devices", "--keep-setid")
+
+
 def export(cache_dir: Path, source: str, destination: str) -> None:
     argv = ["--cache-dir", str(cache_dir), "cache", "export-file", REF, source, "-o", destination]
-    assert cli.main(argv, env={"HOME": "/nonexistent"}) == 0
+    assert cli.main([*argv, *AS_DOCKER], env={"HOME": "/nonexistent"}) == 0
 
 
 Description = dict[str, tuple[Any, ...]]
@@ -254,6 +258,8 @@ def test_the_whole_filesystem_matches_docker_export(
     assert frozenset({"data/bin/tool", "data/bin/tool-link"}) in expected_links
     assert frozenset({"data/lib/real", "data/bin/real-link"}) in expected_links
     assert not any("data/y" in group for group in expected_links)
+    assert expected["data/suid"][2] == 0o4755
+    assert expected["data/null"][:3] == ("char", 1, 3)
 
 
 @pytest.mark.parametrize(
@@ -272,7 +278,7 @@ def test_one_path_matches_docker_cp(
     same tree at DEST."""
     expected, expected_links = describe_tar(docker_cp(container, source))
     argv = ["--cache-dir", str(cache_dir), "cache", "export-file", REF, source, "-o", "-"]
-    assert cli.main(argv, env={"HOME": "/nonexistent"}) == 0
+    assert cli.main([*argv, *AS_DOCKER], env={"HOME": "/nonexistent"}) == 0
     actual, actual_links = describe_tar(capsysbinary.readouterr().out)
     assert actual == expected
     assert actual_links == expected_links

@@ -1,6 +1,6 @@
 """Real faults against cache-img and load-img: kill -9 at every named crash point and at random
 moments, the order of fsync and rename under strace, a full disk, a flipped byte, Docker down,
-two writers at once, and SIGTERM (DESIGN.md decisions 5-8).
+two writers at once, and SIGTERM.
 
 Every test has its own dockerd (``fresh_dockerd``) that forklift-boot may stop and restart, and
 runs forklift-boot as a subprocess, so that the signals hit it and not pytest. After each fault

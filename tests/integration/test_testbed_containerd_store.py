@@ -1,5 +1,5 @@
 """The test bed's Docker engines built on containerd: Docker 26.1 with the containerd image store
-(tests/testbed/containerd_store.py, DOCKER-STORES.md Fact A) and dockerd 20.10 on a standalone
+(tests/testbed/containerd_store.py, docs/testbed.md) and dockerd 20.10 on a standalone
 containerd. Expected values come from the registry (its digests) and from the OCI image-spec and
 containerd's documented annotations, never from the daemons' own reports of themselves."""
 

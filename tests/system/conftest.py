@@ -1,4 +1,4 @@
-"""Fixtures for system tests in a booted systemd (tests/testbed/nspawn.py, TESTBED.md §2).
+"""Fixtures for system tests in a booted systemd (tests/testbed/nspawn.py, docs/testbed.md).
 
 Tests that use them carry ``@pytest.mark.systemd``. They need root, systemd-nspawn (package
 systemd-container), debootstrap and nsenter; without them the tests skip on a laptop and fail

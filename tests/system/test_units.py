@@ -1,4 +1,4 @@
-"""The Debian package and its two units in a booted systemd, driven with systemctl.
+"""The Debian package and its three units in a booted systemd, driven with systemctl.
 
 The .deb is built on the host (scripts/build-deb) and installed in the booted bookworm with apt,
 after boot, from Debian's packages only. Images come from a loopback registry (real digests),
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_DIR
+from tests.conftest import REPO_DIR, require_component
+from tests.testbed import oci
 from tests.testbed.images import PublishedImage
 from tests.testbed.nspawn import ART_MOUNT, BootedContainer
 from tests.testbed.registry import Registry
@@ -23,7 +26,10 @@ pytestmark = [pytest.mark.systemd, pytest.mark.docker, pytest.mark.registry]
 
 CACHE_UNIT = "forklift-boot-cache-img.service"
 LOAD_UNIT = "forklift-boot-load-img.service"
+SERVE_UNIT = "forklift-boot-serve.service"
 STAGES = "/var/lib/forklift/stages"
+# What `systemd-analyze security` may score each unit at most (tests/unit/test_packaging.py).
+EXPOSURE = {CACHE_UNIT: 5.0, LOAD_UNIT: 5.0, SERVE_UNIT: 3.0}
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +134,8 @@ def test_cache_then_load_through_the_units(
     assert (props["Result"], props["ExecMainStatus"]) == ("success", "0")
     journal = last_run_journal(installed, CACHE_UNIT)
     assert "cached 5/5 images (5 new)" in journal, journal
+    # The sandbox breaks nothing, not even quietly (a library failing on a hidden file).
+    assert "Traceback" not in journal, journal
     listing = json.loads(installed.run("forklift-boot", "cache", "ls-img", "--json").stdout)
     assert {ref for image in listing["images"] for ref in image["refs"]} == set(refs)
 
@@ -137,7 +145,9 @@ def test_cache_then_load_through_the_units(
         props = start(installed, LOAD_UNIT)
         assert (props["Result"], props["ExecMainStatus"]) == ("success", "0")
         journal = last_run_journal(installed, LOAD_UNIT)
-        # Digest refs on the classic store: Docker restarted through systemd to record them.
+        assert "Traceback" not in journal, journal
+        # Digest refs on the classic store: Docker restarted through systemd to record them
+        # (dockerd's /proc entries read with CAP_SYS_PTRACE, Docker's units over D-Bus).
         assert "stopping Docker" in journal, journal
         assert "Docker is running again" in journal, journal
         assert installed.run("systemctl", "is-active", "docker.service").stdout.strip() == "active"
@@ -210,6 +220,11 @@ def test_units_run_at_boot_in_order_and_do_nothing(installed: BootedContainer) -
     assert int(target) <= began(CACHE_UNIT)  # the copy-out waits for the system to be up
     for unit in (LOAD_UNIT, CACHE_UNIT):
         assert stamp[unit]["Result"] == "success", unit
+    # Installed disabled: nothing serves the cache unless the device's owner says so.
+    assert installed.run("systemctl", "is-enabled", SERVE_UNIT, check=False).stdout.strip() == (
+        "disabled"
+    )
+    assert show(installed, SERVE_UNIT)["ActiveState"] == "inactive"
     boot_log = installed.journal(unit=None)
     assert "(0 loaded, 0 tagged, 5 already there), 0 B sent to Docker" in boot_log
     assert "cached 5/5 images (0 new), 0 B written" in boot_log
@@ -280,7 +295,260 @@ def test_systemd_analyze_verify_has_nothing_to_say(installed: BootedContainer) -
         "--man=no",
         f"/lib/systemd/system/{CACHE_UNIT}",
         f"/lib/systemd/system/{LOAD_UNIT}",
+        f"/lib/systemd/system/{SERVE_UNIT}",
         check=False,
     )
     own = [line for line in (result.stdout + result.stderr).splitlines() if "forklift-boot" in line]
     assert (result.returncode, own) == (0, []), result.stderr
+
+
+def test_the_exposure_of_the_loaded_units(installed: BootedContainer) -> None:
+    # As the booted systemd loaded them (unit file, package paths, no drop-ins).
+    for unit, highest in EXPOSURE.items():
+        text = installed.run("systemd-analyze", "security", "--no-pager", unit).stdout
+        match = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d)", text)
+        assert match, text
+        assert float(match.group(1)) <= highest, text
+
+
+def free_port() -> int:
+    """A free TCP port on loopback: the container shares the host's network namespace."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_the_serve_unit_serves_a_pull_to_skopeo(
+    request: pytest.FixtureRequest,
+    installed: BootedContainer,
+    published_images: dict[str, PublishedImage],
+    tmp_path: Path,
+) -> None:
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        require_component(request.config, "needs skopeo on the host (apt-get install skopeo)")
+    assert skopeo is not None
+    assert start(installed, CACHE_UNIT)["Result"] == "success"  # the cache has the images
+    # Port 5000 may be taken on the host, whose network the container shares: the same
+    # command line as the unit's, on a free loopback port (the README's kind of drop-in).
+    port = free_port()
+    dropin = installed.root / f"etc/systemd/system/{SERVE_UNIT}.d/port.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(
+        "[Service]\nExecStart=\n"
+        f"ExecStart=/usr/bin/forklift-boot cache serve --listen 127.0.0.1:{port}\n"
+    )
+    try:
+        installed.run("systemctl", "daemon-reload")
+        # Type=notify: `systemctl start` returns once forklift-boot sent READY=1.
+        installed.run("systemctl", "start", SERVE_UNIT, timeout=120)
+        props = show(installed, SERVE_UNIT)
+        assert props["ActiveState"] == "active", last_run_journal(installed, SERVE_UNIT)
+        cache = "/var/cache/forklift/images"
+        assert props["StatusText"] == f"serving {cache} at http://127.0.0.1:{port}"
+
+        # The sandbox: a transient user without any capability.
+        pid = installed.run("systemctl", "show", SERVE_UNIT, "-p", "MainPID", "--value")
+        status = installed.run("cat", f"/proc/{pid.stdout.strip()}/status").stdout
+        fields = dict(line.split(":", 1) for line in status.splitlines())
+        assert fields["Uid"].split()[0] != "0", fields["Uid"]
+        assert int(fields["CapEff"], 16) == 0, status
+        assert int(fields["CapBnd"], 16) == 0, status
+
+        alpha, delta = published_images["alpha"], published_images["delta"]
+        for source, image in (
+            (f"library/alpha:{alpha.tag}", alpha),  # Docker Hub names: library/NAME
+            # A registry with a port: HOST_PORT/path.
+            (f"{delta.name.replace(':', '_', 1)}:{delta.tag}", delta),
+        ):
+            dest = tmp_path / image.registry_repo.replace("/", "_")
+            result = subprocess.run(
+                [
+                    skopeo,
+                    "copy",
+                    "--src-tls-verify=false",
+                    f"docker://127.0.0.1:{port}/{source}",
+                    f"oci:{dest}:pulled",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            # Copied out of the container's classic store: the image ID (the config's digest)
+            # survives, and skopeo checked every blob's digest on the way.
+            index = json.loads((dest / "index.json").read_text())
+            manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+            manifest = json.loads((dest / "blobs/sha256" / manifest_digest).read_text())
+            assert manifest["config"]["digest"] == image.image_id, source
+            assert len(manifest["layers"]) == len(image.diff_ids)
+        journal = last_run_journal(installed, SERVE_UNIT)
+        assert "Traceback" not in journal, journal
+    finally:
+        installed.run("systemctl", "stop", SERVE_UNIT, check=False)
+        dropin.unlink()
+        installed.run("systemctl", "daemon-reload")
+    # SIGTERM is the way to stop a server: exit code 0, no failed unit.
+    props = show(installed, SERVE_UNIT)
+    assert (props["ActiveState"], props["Result"]) == ("inactive", "success"), props
+
+
+def test_the_cache_units_sandbox_keeps_containerd_and_the_cache_on_one_mount(
+    installed: BootedContainer,
+) -> None:
+    # Hard links from containerd's content store into the cache (docs/architecture.md,
+    # "Docker's stores") work only within one mount: a sandbox with ReadWritePaths= for both
+    # would make them two (EXDEV). The unit's own sandbox, with ln instead of forklift-boot.
+    probe = "/var/lib/containerd/fb-link-probe"
+    linked = "/var/cache/forklift/fb-link-probe"
+    installed.run("sh", "-c", f"mkdir -p /var/cache/forklift && echo probe > {probe}")
+    dropin = installed.root / f"etc/systemd/system/{CACHE_UNIT}.d/link.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dropin.write_text(f"[Service]\nExecStart=\nExecStart=/bin/ln {probe} {linked}\n")
+        installed.run("systemctl", "daemon-reload")
+        props = start(installed, CACHE_UNIT, check=False)
+        assert props["Result"] == "success", last_run_journal(installed, CACHE_UNIT)
+        assert installed.run("stat", "-c", "%h", probe).stdout.strip() == "2"
+        installed.run("rm", linked)
+
+        # The check catches the sandbox that splits them.
+        dropin.write_text(
+            f"[Service]\nExecStart=\nExecStart=/bin/ln {probe} {linked}\n"
+            "ProtectSystem=strict\nReadWritePaths=/var/cache/forklift /var/lib/containerd\n"
+        )
+        installed.run("systemctl", "daemon-reload")
+        props = start(installed, CACHE_UNIT, check=False)
+        assert props["Result"] == "exit-code"
+        assert "Invalid cross-device link" in last_run_journal(installed, CACHE_UNIT)
+    finally:
+        dropin.unlink()
+        installed.run("systemctl", "daemon-reload")
+        installed.run("rm", "-f", probe, linked)
+
+
+def test_the_oneshot_units_move_images_through_containerd(
+    installed: BootedContainer, refs: list[str]
+) -> None:
+    # Their sandboxes leave `ctr` (a Go program, under the same system call filter) and
+    # containerd's socket working: from the cache into containerd, and from there into a cache.
+    assert start(installed, CACHE_UNIT)["Result"] == "success"
+    load_dropin = installed.root / f"etc/systemd/system/{LOAD_UNIT}.d/containerd.conf"
+    cache_dropin = installed.root / f"etc/systemd/system/{CACHE_UNIT}.d/containerd.conf"
+    for dropin in (load_dropin, cache_dropin):
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+    load_dropin.write_text(
+        "[Service]\nExecStart=\n"
+        "ExecStart=/usr/bin/forklift-boot load-img --into containerd --namespace fbtest\n"
+    )
+    cache_dropin.write_text(
+        "[Service]\nExecStart=\nExecStart=/usr/bin/forklift-boot cache-img --from containerd"
+        " --namespace fbtest --cache-dir /var/cache/fb-ctr\n"
+    )
+    try:
+        installed.run("systemctl", "daemon-reload")
+        props = start(installed, LOAD_UNIT, check=False)
+        journal = last_run_journal(installed, LOAD_UNIT)
+        assert props["Result"] == "success", journal
+        assert "Traceback" not in journal, journal
+        names = installed.run("ctr", "-n", "fbtest", "images", "ls", "-q").stdout.split()
+        assert names, journal
+
+        props = start(installed, CACHE_UNIT, check=False)
+        journal = last_run_journal(installed, CACHE_UNIT)
+        assert props["Result"] == "success", journal
+        assert "Traceback" not in journal, journal
+        assert "cached 5/5 images (5 new)" in journal, journal
+        listing = json.loads(
+            installed.run(
+                "forklift-boot", "cache", "ls-img", "--json", "--cache-dir", "/var/cache/fb-ctr"
+            ).stdout
+        )
+        assert {ref for image in listing["images"] for ref in image["refs"]} == set(refs)
+    finally:
+        load_dropin.unlink()
+        cache_dropin.unlink()
+        installed.run("systemctl", "daemon-reload")
+        installed.run("rm", "-rf", "/var/cache/fb-ctr")
+        installed.run(
+            "sh", "-c", "ctr -n fbtest images ls -q | xargs -r ctr -n fbtest images rm", check=False
+        )
+
+
+def test_read_through_with_the_fetch_drop_in(
+    installed: BootedContainer, registry: Registry
+) -> None:
+    """The README's drop-in turns read-through on: a stage store's image that neither Docker
+    nor the cache has comes from its registry, a moved tag is followed, and with the registry
+    gone the cache answers, within the bounded wait."""
+    repo = "fbread/unit"
+    first, second = (
+        oci.craft_image([{"app/version": f"{n}\n".encode()}]) for n in ("unit-1", "unit-2")
+    )
+    oci.push_image(registry.url, repo, "1", first)
+    ref = f"{registry.host}/{repo}:1"
+    stages = installed.root / "var/lib/forklift/rt-stages"
+    (stages / "1").mkdir(parents=True, exist_ok=True)
+    (stages / "1/forklift-bundle.yml").write_text(
+        "forklift-version: v0.8.0-alpha.6\n"
+        f"exports:\n  apps/demo:\n    compose-app:\n      images:\n        - {ref}\n"
+    )
+    (stages / "forklift-stage-store.yml").write_text("staged:\n  next: 1\n")
+    dropin = installed.root / f"etc/systemd/system/{LOAD_UNIT}.d/fetch.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(
+        "[Service]\n"
+        "Environment=FORKLIFT_STAGE_STORE=/var/lib/forklift/rt-stages\n"
+        "Environment=FORKLIFT_BOOT_CACHE_DIR=/var/cache/fb-rt\n"
+        "ExecStart=\n"
+        "ExecStart=/usr/bin/forklift-boot load-img --fetch newer\n"
+    )
+
+    def image_id() -> str:
+        return installed.run("docker", "image", "inspect", "-f", "{{.Id}}", ref).stdout.strip()
+
+    try:
+        installed.run("systemctl", "daemon-reload")
+        props = start(installed, LOAD_UNIT)
+        journal = last_run_journal(installed, LOAD_UNIT)
+        assert (props["Result"], props["ExecMainStatus"]) == ("success", "0"), journal
+        assert props["StatusText"].startswith("1/1 images ready in Docker (1 loaded"), props
+        assert "1 from registries, 0 from the cache" in props["StatusText"]
+        assert image_id() == first.image_id
+
+        oci.push_image(registry.url, repo, "1", second)  # the tag moves
+        props = start(installed, LOAD_UNIT)
+        journal = last_run_journal(installed, LOAD_UNIT)
+        assert props["Result"] == "success", journal
+        assert "1 from registries" in props["StatusText"], props
+        assert image_id() == second.image_id
+        listing = json.loads(
+            installed.run(
+                "forklift-boot", "cache", "ls-img", "--cache-dir", "/var/cache/fb-rt", "--json"
+            ).stdout
+        )
+        assert {image["name"] for image in listing["images"]} == {
+            ref,
+            f"{registry.host}/{repo}@{first.manifest.digest}",
+        }
+
+        installed.run("docker", "rmi", ref)
+        with registry.offline():
+            props = start(installed, LOAD_UNIT)
+        journal = last_run_journal(installed, LOAD_UNIT)
+        assert props["Result"] == "success", journal
+        assert "0 from registries, 1 from the cache" in props["StatusText"], props
+        assert journal.count("registries can't be reached") == 1, journal
+        took = int(props["ExecMainExitTimestampMonotonic"]) - int(
+            props["ExecMainStartTimestampMonotonic"]
+        )
+        print(f"\nload unit with --fetch newer, registry stopped: {took / 1e6:.2f} s")
+        assert took < 60_000_000  # a hang guard; the lookup's own bound is 10 s
+        assert image_id() == second.image_id
+    finally:
+        dropin.unlink()
+        installed.run("systemctl", "daemon-reload")
+        installed.run("rm", "-rf", "/var/cache/fb-rt", "/var/lib/forklift/rt-stages")
+        installed.run("docker", "rmi", "-f", ref, check=False)

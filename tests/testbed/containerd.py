@@ -1,4 +1,4 @@
-"""A standalone containerd on its own socket (TESTBED.md §1), for ctr-based tests."""
+"""A standalone containerd on its own socket (docs/testbed.md), for ctr-based tests."""
 
 from __future__ import annotations
 

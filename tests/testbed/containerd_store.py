@@ -1,10 +1,11 @@
 """Docker 26.1 with the containerd image store (Debian trixie's docker.io), run from a rootfs.
 
-See /work/shared/DOCKER-STORES.md Fact A. The rootfs comes from ``scripts/build-rootfs-docker``
-(cached, shared, never written): each :class:`ContainerdStoreDaemon` mounts an overlay over it
-with its own upper dir, plus its own ``/var/lib/docker`` and ``/var/lib/containerd``, and runs
-``containerd`` then ``dockerd --containerd`` there, chrooted, in a private mount and PID
-namespace (``unshare --mount --pid --fork``):
+See docs/testbed.md, "Docker 26 with the containerd image store". The rootfs comes from
+``scripts/build-rootfs-docker`` (cached, shared, never written): each
+:class:`ContainerdStoreDaemon` mounts an overlay over it with its own upper dir, plus its own
+``/var/lib/docker`` and ``/var/lib/containerd``, and runs ``containerd`` then
+``dockerd --containerd`` there, chrooted, in a private mount and PID namespace
+(``unshare --mount --pid --fork``):
 
 - Every mount (overlay, /proc, /sys, /dev, binds, and the snapshots containerd mounts) lives in
   that mount namespace and goes away with its last process: nothing is ever mounted on the host,
@@ -14,8 +15,8 @@ namespace (``unshare --mount --pid --fork``):
 - The network namespace is the host's (no private network): dockerd reaches the test session's
   registry on 127.0.0.1 directly. daemon.json turns iptables and the default bridge off, so the
   host's interfaces and firewall stay untouched (``nspawn.host_network_state`` checks it).
-- Chosen over ``systemd-nspawn`` (DOCKER-STORES.md variant 1, which also works): nspawn needs
-  three workarounds for dockerd (``--bind=/sys/fs/cgroup``, ``--system-call-filter=@keyring``,
+- Chosen over ``systemd-nspawn`` (which also works): nspawn needs three workarounds for
+  dockerd (``--bind=/sys/fs/cgroup``, ``--system-call-filter=@keyring``,
   ``--kill-signal=SIGTERM``), leaves ``/run/systemd/nspawn`` and payload/supervisor cgroups
   behind on this host (PID 1 is not systemd, /run is no tmpfs), and has no way to put a private
   writable layer over a shared root other than ``--volatile=overlay`` (tmpfs-backed). Here there
@@ -51,7 +52,7 @@ from tests.testbed.registry import tail
 PREFIX = "fb-cs-"
 CGROUP_FS = Path("/sys/fs/cgroup")
 DEFAULT_WORKDIR = Path("/tmp")
-"""Short paths: unix socket paths are limited to 108 bytes (TESTBED.md §1)."""
+"""Short paths: unix socket paths are limited to 108 bytes (docs/testbed.md)."""
 
 SOCKET_DIR = "/run/docker-host"
 """Where ``<dir>/sock`` appears inside: dockerd's and containerd's sockets."""
@@ -98,7 +99,7 @@ shift 2
 exec chroot "$M" /bin/sh /fb-start.sh "$@"
 """
 
-# PID 1 after the chroot (DOCKER-STORES.md, with a trap that also covers a start-up in progress):
+# PID 1 after the chroot (with a trap that also covers a start-up in progress):
 # containerd, then dockerd on it; SIGTERM stops dockerd, then containerd. If dockerd exits by
 # itself, containerd is stopped too and the script exits with dockerd's status.
 START_SCRIPT = f"""\

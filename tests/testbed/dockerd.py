@@ -61,15 +61,15 @@ def _terminate_and_wait(pid: int, timeout: float) -> None:
 
 
 class DockerDaemon:
-    """dockerd with distinct --data-root/--exec-root/--pidfile/-H (TESTBED.md §1: several coexist).
+    """dockerd with distinct --data-root/--exec-root/--pidfile/-H (docs/testbed.md: they coexist).
 
     ``mirror`` is a loopback registry host ("127.0.0.1:PORT"): dockerd then pulls Docker Hub
-    names (``busybox:1.36``) from it (TESTBED.md, "Docker Hub names with real digests, offline").
+    names (``busybox:1.36``) from it (docs/testbed.md, "Docker Hub names offline").
     """
 
     def __init__(self, mirror: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
         # Short dir under /tmp, not pytest's tmp_path: unix socket paths are limited to 108 bytes
-        # and a too-long one makes dockerd die at start-up (TESTBED.md §1).
+        # and a too-long one makes dockerd die at start-up (docs/testbed.md).
         self.dir = Path(tempfile.mkdtemp(prefix="fb-d"))
         self.sock = self.dir / "docker.sock"
         self.log_path = self.dir / "dockerd.log"
@@ -152,7 +152,7 @@ class DockerDaemon:
             time.sleep(0.02)
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM and wait: 1-3 s idle (TESTBED.md §1), plus up to 10 s per running container
+        """SIGTERM and wait: 1-3 s idle (docs/testbed.md), plus up to 10 s per running container
         that ignores SIGTERM (dockerd's stop grace); SIGKILL if dockerd hangs."""
         adopted = (
             self._adopted_pid() if self._proc is None or self._proc.poll() is not None else None
@@ -231,7 +231,7 @@ class DockerDaemon:
             self.stop()
         finally:
             # dockerd bind-mounts the data root onto itself; after a crash or a failed start the
-            # mount stays and rmtree fails with EBUSY (TESTBED.md §1).
+            # mount stays and rmtree fails with EBUSY (docs/testbed.md).
             if _mounts_under(self.dir):
                 umount = ["umount", "-R", str(self.data_root)]
                 subprocess.run(umount, check=False, stderr=subprocess.DEVNULL)

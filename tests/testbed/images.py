@@ -1,7 +1,7 @@
 """Test images built with no network: ``FROM scratch`` + ``COPY`` from an in-memory context.
 
 Every image starts with the same busybox layer (``/bin/busybox`` from Debian's busybox-static, so
-``docker run img`` works with ``--bridge=none``, TESTBED.md §1); most also share a second small
+``docker run img`` works with ``--bridge=none``, docs/testbed.md); most also share a second small
 ``/etc`` layer; each then has its own small layer(s) with deterministic, distinct content.
 """
 

@@ -1,8 +1,8 @@
 """A booted systemd (Debian bookworm) in ``systemd-nspawn``, for system tests of the units.
 
-See /work/shared/TESTBED.md §2 and §3 for the measured behaviour. The rootfs comes from
-``scripts/build-rootfs`` (cached, read-only); each :class:`BootedContainer` boots its own copy,
-so state written inside survives :meth:`BootedContainer.reboot` (no ``--volatile``).
+docs/testbed.md says what it relies on. The rootfs comes from ``scripts/build-rootfs``
+(cached, read-only); each :class:`BootedContainer` boots its own copy, so state written inside
+survives :meth:`BootedContainer.reboot` (no ``--volatile``).
 
 - The container shares the host's network namespace (no ``--private-network``): apt reaches the
   mirror and dockerd a loopback registry. The rootfs's ``/etc/docker/daemon.json`` turns
@@ -106,7 +106,7 @@ def _cgroups_of(machine: str) -> list[Path]:
 
 
 def _remove_nspawn_leftovers(machine: str) -> None:
-    """The container's empty cgroups (payload/, supervisor/; TESTBED.md §2) and nspawn's
+    """The container's empty cgroups (payload/, supervisor/; docs/testbed.md) and nspawn's
     leftovers in /run/systemd/nspawn (propagate/<machine>, and the empty dirs: /run is no
     tmpfs here)."""
     for group in _cgroups_of(machine):
@@ -351,7 +351,7 @@ class BootedContainer:
 
     def _clean_leftovers(self) -> None:
         """Kills what is left in our cgroups (only after a failed stop), then removes them and
-        nspawn's own leftovers (TESTBED.md §2: empty payload/supervisor cgroups; propagate/
+        nspawn's own leftovers (docs/testbed.md: empty payload/supervisor cgroups; propagate/
         and locks/ in /run/systemd/nspawn, as /run is no tmpfs here)."""
         deadline = time.monotonic() + 10
         while pids := [p for g in self._cgroups for p in _cgroup_procs(g)]:
@@ -388,7 +388,8 @@ class BootedContainer:
 
     @property
     def pystemd_bus_path(self) -> Path:
-        """The container's system bus socket, reachable from the host (TESTBED.md §3)."""
+        """The container's system bus socket, reachable from the host (docs/testbed.md, "pystemd
+        against the container")."""
         return Path(f"/proc/{self.systemd_pid}/root/run/dbus/system_bus_socket")
 
     @property

@@ -10,6 +10,7 @@ import http.client
 import json
 import logging
 import random
+import select
 import socket
 import struct
 import threading
@@ -147,8 +148,8 @@ class Client:
 
 
 @contextlib.contextmanager
-def serving(cache_dir: Path, *, verify: bool = True) -> Iterator[Client]:
-    server = CacheServer(cache_dir, ("127.0.0.1", 0), verify=verify)
+def serving(cache_dir: Path, *, verify: bool = True, **limits: Any) -> Iterator[Client]:
+    server = CacheServer(cache_dir, ("127.0.0.1", 0), verify=verify, **limits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -184,6 +185,7 @@ def cache_dir(tmp_path: Path, crafted: Bytes) -> Path:
 @pytest.fixture
 def warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     # cli.main (run by other tests) stops forklift_boot's records from reaching the root logger.
+    # The serve package's logger: its modules' records (catalog, handler, server) propagate to it.
     logger = logging.getLogger("forklift_boot.exchange.serve")
     logger.addHandler(caplog.handler)
     caplog.handler.setLevel(logging.WARNING)
@@ -480,6 +482,27 @@ def test_writes_are_refused_and_the_connection_stays_usable(
             assert response.headers["Allow"] == "GET, HEAD"
             assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
         # Keep-alive: the same connection answers a read.
+        connection.request("GET", "/v2/library/alpha/manifests/1.0")
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, crafted.alpha.manifest.data)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "TRACE", "PROPFIND", "CONNECT", "BREW", "get"])
+def test_other_methods_are_405_with_the_api_error(
+    client: Client, crafted: Bytes, method: str
+) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", client.port, timeout=30)
+    try:
+        connection.request(method, "/v2/library/alpha/manifests/1.0", body=b"x" * 100)
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET, HEAD"
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
+        # Keep-alive: the body was read and dropped, and the same connection answers a read.
         connection.request("GET", "/v2/library/alpha/manifests/1.0")
         response = connection.getresponse()
         assert (response.status, response.read()) == (200, crafted.alpha.manifest.data)
@@ -793,3 +816,211 @@ def test_serve_says_when_the_port_is_taken(capsys: Capture, cache_dir: Path) -> 
         )
     assert code == 1
     assert f"couldn't listen on {address}: Address already in use" in err
+
+
+# Hostile clients: every connection bounded in time, one request per request
+
+
+def receive_all(sock: socket.socket, limit: float = 10.0) -> bytes:
+    """Everything until the server closes (or resets) the connection; fails after ``limit``."""
+    sock.settimeout(limit)
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The HTTP responses in ``data``: status, header fields (lowercase names), body."""
+    found = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = dict(line.split(": ", 1) for line in lines[1:])
+        fields = {name.lower(): value for name, value in fields.items()}
+        length = int(fields.get("content-length", "0"))
+        found.append((int(lines[0].split()[1]), fields, data[:length]))
+        data = data[length:]
+    return found
+
+
+def test_a_head_trickled_a_line_at_a_time_is_cut_at_the_deadline(cache_dir: Path) -> None:
+    """Twenty clients send a header line every 0.2 s, forever: each keeps its connection only
+    as long as the deadline for a request's head (1 s here), not for as long as it trickles."""
+    with serving(cache_dir, header_timeout=1.0) as served:
+        sockets = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(20)]
+        try:
+            started = time.monotonic()
+            for sock in sockets:
+                sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+            closed: dict[socket.socket, float] = {}
+            number = 0
+            while len(closed) < len(sockets) and time.monotonic() - started < 10:
+                number += 1
+                still_open = [sock for sock in sockets if sock not in closed]
+                readable, _, _ = select.select(still_open, [], [], 0.2)
+                for sock in still_open:
+                    try:
+                        if sock in readable and not sock.recv(4096):
+                            raise ConnectionResetError
+                        sock.sendall(f"X-Trickle-{number}: {number}\r\n".encode())
+                    except OSError:
+                        closed[sock] = time.monotonic() - started
+            assert len(closed) == len(sockets), "a trickling connection stayed open for 10 s"
+            assert min(closed.values()) > 0.9, closed
+            assert max(closed.values()) < 3.0, closed
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert served.get("/v2/").status == 200
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(cache_dir: Path) -> None:
+    with (
+        serving(cache_dir, header_timeout=1.0) as served,
+        socket.create_connection(("127.0.0.1", served.port)) as sock,
+    ):
+        started = time.monotonic()
+        assert receive_all(sock) == b""
+        assert 0.9 < time.monotonic() - started < 3.0
+
+
+def test_a_keep_alive_connection_may_wait_longer_than_the_deadline(
+    cache_dir: Path, crafted: Bytes
+) -> None:
+    """Between requests the idle timeout applies; the next head's deadline counts from its
+    first byte."""
+    with serving(cache_dir, header_timeout=0.5) as served:
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        try:
+            for _ in range(2):
+                connection.request("GET", "/v2/library/alpha/manifests/1.0")
+                response = connection.getresponse()
+                assert (response.status, response.read()) == (200, crafted.alpha.manifest.data)
+                time.sleep(1.0)
+            assert connection.sock is not None  # the same connection answered both
+        finally:
+            connection.close()
+
+
+def test_connections_beyond_the_cap_are_refused_at_once(cache_dir: Path) -> None:
+    with serving(cache_dir, max_connections=4, header_timeout=30.0) as served:
+        held = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(4)]
+        try:
+            for sock in held:  # each holds a thread, its head never ending
+                sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+            time.sleep(0.3)
+            with socket.create_connection(("127.0.0.1", served.port)) as extra:
+                started = time.monotonic()
+                answer = responses(receive_all(extra))
+                assert time.monotonic() - started < 2.0
+            [(status, fields, body)] = answer
+            assert (status, fields["connection"], fields["retry-after"]) == (503, "close", "1")
+            assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+        finally:
+            for sock in held:
+                sock.close()
+        # The closed connections free their places.
+        deadline = time.monotonic() + 5
+        while served.get("/v2/").status != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served.get("/v2/").status == 200
+
+
+SMUGGLED = b"GET /v2/_catalog HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        f"Content-Length: {len(SMUGGLED)}".encode(),
+        b"Transfer-Encoding: chunked",
+        b"Content-Length: 0\r\nContent-Length: 5",
+        b"Content-Length: x",
+    ],
+)
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_a_get_or_head_with_a_body_is_400_and_the_connection_closed(
+    client: Client, method: bytes, framing: bytes
+) -> None:
+    """What follows the head is never read as a second, pipelined request: a proxy in front
+    would take it for this request's body, and a client could smuggle a request past it."""
+    body = SMUGGLED
+    if b"chunked" in framing:
+        body = f"{len(SMUGGLED):x}\r\n".encode() + SMUGGLED + b"\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", client.port)) as sock:
+        sock.sendall(method + b" /v2/ HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n" + body)
+        answer = responses(receive_all(sock))
+    [(status, fields, data)] = answer  # one answer: the "body" was no request
+    assert (status, fields["connection"]) == (400, "close")
+    if method == b"GET":
+        assert json.loads(data)["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_a_get_with_an_empty_body_is_answered(client: Client) -> None:
+    with socket.create_connection(("127.0.0.1", client.port)) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" + SMUGGLED)
+        sock.shutdown(socket.SHUT_WR)
+        answer = responses(receive_all(sock))
+    # Pipelining stays: the second request is answered too.
+    assert [status for status, _, _ in answer] == [200, 200]
+    assert json.loads(answer[1][2])["repositories"]
+
+
+# Hostile caches: one bad entry fails alone, and its name never reaches a log raw
+
+
+def add_entries(cache_dir: Path, *entries: dict[str, Any]) -> None:
+    """Entries written into index.json as another device's cache might hold them: unchecked."""
+    index_path = cache_dir / "index.json"
+    index = json.loads(index_path.read_bytes())
+    index["manifests"] += list(entries)
+    replacement = cache_dir / "index.json.new"
+    replacement.write_text(json.dumps(index))
+    replacement.rename(index_path)  # as the cache replaces it: a new inode
+
+
+def test_a_deeply_nested_manifest_fails_alone(
+    cache_dir: Path, crafted: Bytes, warnings: pytest.LogCaptureFixture
+) -> None:
+    depth = 100_000
+    deep = (
+        b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}"
+    )
+    descriptor = Descriptor("application/vnd.oci.image.manifest.v1+json", sha256(deep), len(deep))
+    blob_path(cache_dir, descriptor.digest).write_bytes(deep)
+    deep_name = "docker.io/library/deep:1"
+    with serving(cache_dir) as served:
+        assert served.get("/v2/library/alpha/manifests/1.0").status == 200
+        add_entries(cache_dir, CachedImage(deep_name, (deep_name,), descriptor).to_entry())
+        response = served.get("/v2/library/alpha/manifests/1.0")
+        assert (response.status, response.body) == (200, crafted.alpha.manifest.data)
+        assert served.get(f"/v2/library/alpha/blobs/{crafted.alpha.layers[0].digest}").status == 200
+        response = served.get("/v2/library/deep/manifests/1")
+        assert (response.status, response.error_code()) == (404, "NAME_UNKNOWN")
+    assert f"not serving {deep_name} from the image cache" in warnings.text
+    assert "nested too deeply" in warnings.text
+
+
+def test_a_name_with_escape_sequences_is_not_served_nor_logged_raw(
+    cache_dir: Path, crafted: Bytes, warnings: pytest.LogCaptureFixture
+) -> None:
+    manifest = crafted.alpha.manifest
+    descriptor = Descriptor(manifest.media_type, manifest.digest, len(manifest.data))
+    hostile = "\x1b[31mError: FAKE\x1b[0m\n../../../../etc/passwd"
+    with serving(cache_dir) as served:
+        add_entries(cache_dir, CachedImage(hostile, (), descriptor).to_entry())
+        response = served.get("/v2/_catalog")
+        assert response.status == 200
+        assert sorted(response.json()["repositories"]) == [
+            "127.0.0.1_5000/fbtest/delta",
+            "ghcr.io/acme/multi",
+            "library/alpha",
+        ]
+    assert "not serving \\x1b[31mError: FAKE\\x1b[0m\\n../../../../etc/passwd" in warnings.text
+    assert "\x1b" not in warnings.text
+    assert "\n../" not in warnings.text

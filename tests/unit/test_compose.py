@@ -11,8 +11,6 @@ import pytest
 from forklift_boot.errors import RequirementsError
 from forklift_boot.requirements.compose import ComposeService, load_compose_services
 
-PALLET = Path("/work/shared/fixtures/pallet-standard")
-
 
 def write(root: Path, name: str, text: str) -> Path:
     path = root / name
@@ -440,11 +438,11 @@ def test_invalid_project_name_is_an_error(tmp_path: Path) -> None:
         load_compose_services([compose], tmp_path, "Apps/Web")
 
 
-# --- The real pallet (used in place) ---------------------------------------------------------
+# --- The real pallet (tests/pallet_standard.py, used in place) ------------------------------
 
 
-def test_pallet_feature_file_overrides_image() -> None:
-    package_dir = PALLET / "packages/core/apps/planktoscope/docs"
+def test_pallet_feature_file_overrides_image(pallet_standard_dir: Path) -> None:
+    package_dir = pallet_standard_dir / "packages/core/apps/planktoscope/docs"
     feature = package_dir / "compose-full-site.yml"
     services = load_compose_services(
         [package_dir / "compose.yml", feature], package_dir, "apps_ps_docs"
@@ -459,8 +457,8 @@ def test_pallet_feature_file_overrides_image() -> None:
     ]
 
 
-def test_pallet_grafana_features_keep_the_base_image() -> None:
-    package_dir = PALLET / "packages/core/apps/grafana"
+def test_pallet_grafana_features_keep_the_base_image(pallet_standard_dir: Path) -> None:
+    package_dir = pallet_standard_dir / "packages/core/apps/grafana"
     files = [
         package_dir / name
         for name in ("compose.yml", "compose-frontend.yml", "compose-cpu-limit.yml")

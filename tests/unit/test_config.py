@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
+
+import pytest
 
 from forklift_boot import config
 
@@ -39,3 +43,28 @@ def test_cache_dir_precedence(tmp_path: Path) -> None:
     user = config.cache_dir(None, {}, is_root=False, system_cache=system)
     assert user.parts[-2:] == ("forklift", "images")
     assert user != system
+
+
+def test_no_home_and_no_passwd_entry_is_no_workspace_not_a_traceback() -> None:
+    """systemd's DynamicUser= runs a service as a user with no passwd entry and no $HOME."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root, to become a user with no passwd entry", pytrace=False)
+    uid = 61234
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.setuid(uid)
+            os.environ.pop("HOME", None)
+            answer = str(config.workspace_dir(None, {}))
+        except BaseException as err:
+            answer = f"error: {err!r}"
+        os.write(write_end, answer.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(child, 0)
+    assert answer == "/nonexistent"

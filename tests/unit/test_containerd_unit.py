@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from forklift_boot.archive import import_oci_layout
+from forklift_boot.archive.oci_layout import import_oci_layout
 from forklift_boot.cache import ImageCache
 from forklift_boot.errors import EngineError, EngineUnavailableError
 from forklift_boot.refs import parse_image_ref
-from forklift_boot.stores.containerd.store import Ctr, containerd_name, names_for
+from forklift_boot.stores.containerd.ctr import Ctr, containerd_name, names_for
 
 DIGEST = "sha256:" + "ab" * 32
 

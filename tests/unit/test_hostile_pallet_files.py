@@ -7,6 +7,7 @@ hang and memory guards (the refusals take well under a second), not benchmarks.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -232,7 +233,9 @@ def test_include_of_a_fifo(tmp_path: Path) -> None:
 def test_include_of_dev_zero(tmp_path: Path) -> None:
     pallet = pallet_with(tmp_path, "include: [zero.yml]\nservices:\n  web:\n    image: nginx\n")
     zero = pallet / "packages/web/zero.yml"
-    zero.symlink_to("/dev/zero")
+    # /dev/zero's own device node, inside the pallet: a link to /dev/zero is refused earlier, as
+    # a file outside the pallet (test_pallet_containment.py).
+    os.mknod(zero, stat.S_IFCHR | 0o666, os.makedev(1, 5))
     assert_one_error(
         ls_img(pallet), f"couldn't load compose file {zero}: it is a device, not a regular file"
     )
@@ -267,14 +270,15 @@ def test_env_file_that_is_a_fifo(tmp_path: Path) -> None:
 
 
 def _pallet_reading_secret(tmp_path: Path, secret: str) -> tuple[Path, Path]:
-    """A pallet whose include names an env file outside it: a secrets file, for instance."""
-    secret_file = tmp_path / "secret.env"
-    secret_file.write_text(secret, encoding="utf-8")
+    """A pallet whose include names an env file holding a secret (one outside the pallet is
+    refused before it is read: test_pallet_containment.py)."""
     compose = (
-        f"include:\n  - path: db.yml\n    env_file: {secret_file}\n"
+        "include:\n  - path: db.yml\n    env_file: secret.env\n"
         "services:\n  web:\n    image: nginx\n"
     )
     pallet = pallet_with(tmp_path, compose)
+    secret_file = pallet / "packages/web/secret.env"
+    secret_file.write_text(secret, encoding="utf-8")
     (pallet / "packages/web/db.yml").write_text("services:\n  db:\n    image: postgres\n")
     return pallet, secret_file
 

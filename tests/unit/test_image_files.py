@@ -8,6 +8,7 @@ real dockerd.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -27,7 +28,14 @@ import pytest
 
 import forklift_boot
 from forklift_boot import cli
-from forklift_boot.cache import MEDIA_OCI_LAYER_GZIP, CacheReader, Descriptor, ImageCache
+from forklift_boot.cache import (
+    MEDIA_OCI_LAYER,
+    MEDIA_OCI_LAYER_GZIP,
+    MEDIA_OCI_LAYER_ZSTD,
+    CacheReader,
+    Descriptor,
+    ImageCache,
+)
 from forklift_boot.errors import ForkliftBootError
 from forklift_boot.exchange.export_files import ExportResult, export_image_path
 from forklift_boot.images import Wanted, plan_load
@@ -41,11 +49,15 @@ from tests.imagelayers import (
     directory,
     fifo,
     file,
+    gzip_with_zeros,
     hardlink,
     layer_tar,
     opaque,
+    put_blobs,
     put_image,
     put_index,
+    raw_entries,
+    sha256,
     symlink,
     whiteout,
 )
@@ -84,6 +96,8 @@ def tree(root: Path) -> dict[str, tuple[Any, ...]]:
             found[rel] = ("fifo", mode)
         elif stat.S_ISCHR(st.st_mode):
             found[rel] = ("char", mode, os.major(st.st_rdev), os.minor(st.st_rdev))
+        elif stat.S_ISBLK(st.st_mode):
+            found[rel] = ("block", mode, os.major(st.st_rdev), os.minor(st.st_rdev))
         else:
             found[rel] = ("other",)
     return found
@@ -370,10 +384,12 @@ def test_modes_times_and_owners(cache_dir: Path, out_dir: Path) -> None:
             file("t/ro/inside", b"i", mode=0o444, mtime=MTIME + 5),
             symlink("t/link", "secret", uid=1000, gid=1001, mtime=MTIME + 6),
             directory("t/sticky", mode=0o1777, mtime=MTIME + 7),
+            directory("t/shared", mode=0o2775, mtime=MTIME + 8),
         )
     ]
     put_image(cache_dir, REF, layers)
-    export(cache_dir, "t", out_dir / "t")
+    result = export(cache_dir, "t", out_dir / "t", keep_setid=True)
+    assert result.setid_dropped == ()
     expected = {
         ".": (0o750, 1000, 1001, MTIME + 1),
         "suid": (0o4755, 0, 0, MTIME + 2),
@@ -381,6 +397,7 @@ def test_modes_times_and_owners(cache_dir: Path, out_dir: Path) -> None:
         "ro": (0o555, 0, 0, MTIME + 4),
         "ro/inside": (0o444, 0, 0, MTIME + 5),
         "sticky": (0o1777, 0, 0, MTIME + 7),
+        "shared": (0o2775, 0, 0, MTIME + 8),
     }
     for rel, (mode, uid, gid, mtime) in expected.items():
         st = (out_dir / "t" / rel).lstat()
@@ -396,6 +413,12 @@ def test_modes_times_and_owners(cache_dir: Path, out_dir: Path) -> None:
     export(cache_dir, "t", out_dir / "mine", preserve_owner=False)
     assert (out_dir / "mine/secret").stat().st_uid == os.geteuid()
     assert stat.S_IMODE((out_dir / "mine/secret").stat().st_mode) == 0o600
+    # By default a file's set-user-ID bit is dropped (and named); a directory's set-group-ID
+    # bit, which only picks its entries' group, stays.
+    result = export(cache_dir, "t", out_dir / "default")
+    assert stat.S_IMODE((out_dir / "default/suid").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out_dir / "default/shared").stat().st_mode) == 0o2775
+    assert result.setid_dropped == (str(out_dir / "default/suid"),)
 
 
 def test_device_nodes_and_fifos(
@@ -405,17 +428,17 @@ def test_device_nodes_and_fifos(
         require_component(request.config, "device nodes need root")
     layers = [layer_tar(directory("n"), char_device("n/null", 1, 3), fifo("n/pipe"))]
     put_image(cache_dir, REF, layers)
-    result = export(cache_dir, "n", out_dir / "root")
+    result = export(cache_dir, "n", out_dir / "root", keep_devices=True)
     assert tree(out_dir / "root") == {
         ".": ("dir", 0o755),
         "null": ("char", 0o666, 1, 3),
         "pipe": ("fifo", 0o640),
     }
     assert result.skipped == ()
-    # Where mknod isn't allowed (not root), devices are left out and named; fifos still made.
-    result = export(cache_dir, "n", out_dir / "user", create_devices=False)
-    assert tree(out_dir / "user") == {".": ("dir", 0o755), "pipe": ("fifo", 0o640)}
-    assert result.skipped == (str(out_dir / "user" / "null"),)
+    # Unless asked for, devices are left out and named, even as root; fifos are still made.
+    result = export(cache_dir, "n", out_dir / "default")
+    assert tree(out_dir / "default") == {".": ("dir", 0o755), "pipe": ("fifo", 0o640)}
+    assert result.skipped == (str(out_dir / "default" / "null"),)
 
 
 # --- SOURCE and DEST --------------------------------------------------------------------------
@@ -548,18 +571,24 @@ def test_a_tar_on_stdout(capsysbinary: pytest.CaptureFixture[bytes], cache_dir: 
             hardlink("srv/b", "srv/a", mode=0o640, uid=5, gid=6),
             symlink("srv/c", "/srv/a"),
             char_device("srv/null", 1, 3),
+            file("srv/s", b"s", mode=0o6755),
         )
     ]
     put_image(cache_dir, REF, layers)
-    code = cli.main(
-        ["--cache-dir", str(cache_dir), "cache", "export-file", REF, "srv", "-o", "-"],
-        env={"HOME": "/nonexistent"},
-    )
+    argv = ["--cache-dir", str(cache_dir), "cache", "export-file", REF, "srv", "-o", "-"]
+    # By default, no device node and no set-ID bit, as for a directory.
+    assert cli.main(argv, env={"HOME": "/nonexistent"}) == 0
+    with tarfile.open(fileobj=io.BytesIO(capsysbinary.readouterr().out)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert list(members) == ["srv", "srv/a", "srv/b", "srv/c", "srv/s"]
+        assert members["srv/s"].mode == 0o755
+    code = cli.main([*argv, "--keep-devices", "--keep-setid"], env={"HOME": "/nonexistent"})
     assert code == 0
     data = capsysbinary.readouterr().out
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
-        assert list(members) == ["srv", "srv/a", "srv/b", "srv/c", "srv/null"]
+        assert list(members) == ["srv", "srv/a", "srv/b", "srv/c", "srv/null", "srv/s"]
+        assert members["srv/s"].mode == 0o6755
         assert (members["srv"].mode, members["srv"].uid, members["srv"].gid) == (0o750, 5, 6)
         a = members["srv/a"]
         assert (a.mode, a.uid, a.gid, a.mtime) == (0o640, 5, 6, MTIME)
@@ -601,6 +630,64 @@ def test_without_platform_both_exports_take_the_hosts(
         argv = ["--cache-dir", str(cache_dir), "cache", "export-img", *options, ref]
         assert cli.main([*argv, "-o", str(archive)], env={"HOME": "/nonexistent"}) == 0
         assert _archive_architecture(archive) == arch, (ref, options)
+
+
+# What each layer blob holds, and what its media type says (None: the right type).
+EXPORT_IMG_LAYERS = [
+    *((compression, None) for compression in COMPRESSIONS),
+    ("none", MEDIA_OCI_LAYER_GZIP),
+    ("gzip", MEDIA_OCI_LAYER),
+    ("zstd", MEDIA_OCI_LAYER_GZIP),
+    ("gzip", MEDIA_OCI_LAYER_ZSTD),
+]
+
+
+@pytest.mark.parametrize(("compression", "media_type"), EXPORT_IMG_LAYERS)
+def test_export_img_writes_every_layer_uncompressed(
+    cache_dir: Path, out_dir: Path, compression: str, media_type: str | None
+) -> None:
+    """A docker-archive's ``layer.tar`` files are the layers' tars, whatever the blobs'
+    compression (gzip, zstd, none) and whatever their media types say: ``docker load`` and
+    dive read them as plain tars."""
+    layers = [
+        layer_tar(directory("d"), file("d/random", os.urandom(300_000))),
+        layer_tar(file("zeros", bytes(2_000_000)), whiteout("d/random")),
+    ]
+    put_image(cache_dir, REF, layers, compression=compression, media_type=media_type)
+    archive = out_dir / "img.tar"
+    argv = ["--cache-dir", str(cache_dir), "cache", "export-img", REF, "-o", str(archive)]
+    assert cli.main(argv, env={"HOME": "/nonexistent"}) == 0
+    with tarfile.open(archive) as tar:
+        manifest_file = tar.extractfile("manifest.json")
+        assert manifest_file is not None
+        [image] = json.load(manifest_file)
+        assert image["Layers"] == [sha256(layer)[7:] + "/layer.tar" for layer in layers]
+        written = []
+        for name in image["Layers"]:
+            member = tar.extractfile(name)
+            assert member is not None
+            written.append(member.read())
+    assert written == layers
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_export_img_of_a_damaged_layer_fails_with_one_line(
+    capsys: Capture, cache_dir: Path, out_dir: Path, compression: str
+) -> None:
+    payload = os.urandom(64 << 10)  # incompressible, so a flipped byte stays in file data
+    stored = put_image(cache_dir, REF, [layer_tar(file("f", payload))], compression=compression)
+    blob = cache_dir / "blobs/sha256" / stored.layer_digests[0].removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    argv = ["--cache-dir", str(cache_dir), "cache", "export-img", REF]
+    code = cli.main([*argv, "-o", str(out_dir / "img.tar")], env={"HOME": "/nonexistent"})
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert stored.layer_digests[0] in err
+    assert list(out_dir.iterdir()) == []
 
 
 def _archive_architecture(path: Path) -> str:
@@ -934,3 +1021,341 @@ def test_each_layer_is_read_once_unless_a_symlink_leads_elsewhere(
     except ForkliftBootError:
         assert source == "no/such"
     assert reader.opened == stored.layer_digests * reads
+
+
+# --- hostile layers: bounded memory, time and disk (issue 14, item 4) -------------------------
+
+GIB = 1 << 30
+TIB = 1 << 40
+SECRET_MARKER = b"unrelated file beside the destination\n"
+
+
+def run_bounded(
+    tmp_path: Path, cache_dir: Path, *argv: str, memory: int = GIB, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """``cache export-file`` in a child whose address space is capped and which must finish in
+    time; $TMPDIR is ``tmp_path/tmpdir``. Hang and memory guards, generous against a normal
+    export (well under 200 MB and a second here), not benchmarks."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))\n"
+        "from forklift_boot import cli\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", code, "--cache-dir", str(cache_dir), "cache", "export-file"]
+    env = {
+        "HOME": "/nonexistent",
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(forklift_boot.__file__).parents[1]),
+        "TMPDIR": str(tmpdir),
+    }
+    return subprocess.run(
+        [*command, REF, *argv], env=env, capture_output=True, timeout=timeout, check=False
+    )
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[bytes], *words: str) -> str:
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("Error: couldn't export "), err
+    for word in words:
+        assert word in lines[0]
+    return lines[0]
+
+
+def marked_dir(path: Path) -> Path:
+    """A directory holding one unrelated file, which an export into it must leave alone."""
+    path.mkdir(exist_ok=True)
+    (path / "marker").write_bytes(SECRET_MARKER)
+    return path
+
+
+def assert_only_marker(path: Path) -> None:
+    assert [p.name for p in path.iterdir()] == ["marker"]
+    assert (path / "marker").read_bytes() == SECRET_MARKER
+
+
+def extended_header(kind: bytes, size: int) -> bytes:
+    """A tar header of ``kind`` (PAX ``x``, GNU long name ``L`` or long link ``K``) whose data,
+    ``size`` bytes, follows it."""
+    info = tarfile.TarInfo("././@LongLink" if kind in (b"L", b"K") else "././@PaxHeader")
+    info.type = kind
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, b"K"])
+def test_a_huge_extended_header_is_refused_in_bounded_memory(
+    tmp_path: Path, cache_dir: Path, kind: bytes
+) -> None:
+    """A 1.5 GiB PAX record, long name or long link (zeros, a few MB of gzip) used to be read
+    whole: 3.2 GB, then a MemoryError traceback under a memory limit. Headers are capped at
+    1 MiB: the export stops with one line, under a 1 GiB address-space limit."""
+    claimed = 3 * GIB // 2
+    layer = gzip_with_zeros(extended_header(kind, claimed), claimed, layer_tar(file("f", b"f")))
+    put_blobs(cache_dir, REF, [layer], MEDIA_OCI_LAYER_GZIP)
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(out / "dest"))
+    assert_one_line_error(done, "headers take more than 1 MiB", "refusing to extract it")
+    assert_only_marker(out)
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+def test_a_long_chain_of_extended_headers_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    """tarfile reads each extended header by recursing into the next: 2,000 long names in a
+    row (2 MB, a few KB of gzip) ended in a RecursionError traceback."""
+    record = extended_header(tarfile.GNUTYPE_LONGNAME, 512) + b"n".ljust(512, b"\0")
+    layer = gzip.compress(record * 2000 + layer_tar(file("f", b"f")), mtime=0)
+    put_blobs(cache_dir, REF, [layer], MEDIA_OCI_LAYER_GZIP)
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(out / "dest"))
+    assert_one_line_error(done, "more than 32 extended headers in a row")
+    assert_only_marker(out)
+
+
+def test_ordinary_extended_headers_pass(cache_dir: Path, out_dir: Path) -> None:
+    """What real layers hold: PAX records for long names, links and times, a GNU long name."""
+    name = "/".join(["d" * 100] * 10)  # 1 KB: a PAX path, then a GNU long name
+    layer = raw_entries(*(directory("/".join(["d" * 100] * n)) for n in range(1, 11)))
+    gnu = tarfile.TarInfo(f"{name}/gnu")
+    gnu.size = 3
+    layer += gnu.tobuf(format=tarfile.GNU_FORMAT) + b"gnu".ljust(512, b"\0")
+    layer += layer_tar(file(f"{name}/pax", b"pax", mtime=MTIME))
+    put_image(cache_dir, REF, [layer])
+    export(cache_dir, "/", out_dir / "root")
+    assert (out_dir / "root" / name / "gnu").read_bytes() == b"gnu"
+    assert (out_dir / "root" / name / "pax").read_bytes() == b"pax"
+
+
+def sparse_member(style: str, name: str, fragments: list[tuple[int, bytes]], size: int) -> bytes:
+    """A sparse file's tar entry as GNU tar writes it: ``pax`` (format 0.1, the map in PAX
+    records) or ``gnu`` (the old ``S`` type, the map in the header; at most 4 fragments)."""
+    data = b"".join(chunk for _, chunk in fragments)
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = MTIME
+    if style == "pax":
+        info.pax_headers = {
+            "GNU.sparse.size": str(size),
+            "GNU.sparse.numblocks": str(len(fragments)),
+            "GNU.sparse.map": ",".join(f"{offset},{len(chunk)}" for offset, chunk in fragments),
+        }
+        header = info.tobuf(format=tarfile.PAX_FORMAT)
+    else:
+        assert len(fragments) <= 4
+        info.type = tarfile.GNUTYPE_SPARSE
+        raw = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+        for number, (offset, chunk) in enumerate(fragments):
+            at = 386 + 24 * number
+            raw[at : at + 12] = _tar_number(offset)
+            raw[at + 12 : at + 24] = _tar_number(len(chunk))
+        raw[483:495] = _tar_number(size)
+        raw[148:156] = b" " * 8
+        raw[148:155] = b"%06o\0" % sum(raw)
+        header = bytes(raw)
+    return header + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def _tar_number(value: int) -> bytes:
+    """A 12-byte tar number field: octal, or GNU's base-256 (a leading 0x80) when too big."""
+    if value < 8**11:
+        return b"%011o\0" % value
+    return b"\x80" + value.to_bytes(11, "big")
+
+
+def sparse_layer(style: str) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A layer of a few KB holding a sparse file of 1 TiB: data at its start and its end."""
+    fragments = [(0, os.urandom(5000)), (TIB - 4096, os.urandom(4096))]
+    entry = sparse_member(style, "big/file", fragments, TIB)
+    return raw_entries(directory("big")) + entry + bytes(1024), fragments
+
+
+@pytest.mark.parametrize("style", ["pax", "gnu"])
+def test_a_sparse_file_stays_sparse(tmp_path: Path, cache_dir: Path, style: str) -> None:
+    """A sparse member claiming 1 TiB used to be written out, zeros and all (1.8 GB in 6 s):
+    its holes are now seeked over, so the file takes what its data takes."""
+    layer, fragments = sparse_layer(style)
+    put_image(cache_dir, REF, [layer])
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "big", "-o", str(out / "big"), timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    written = out / "big" / "file"
+    status = written.stat()
+    assert status.st_size == TIB
+    assert status.st_blocks * 512 < 1 << 20  # the data's blocks, not a TiB of zeros
+    with written.open("rb") as opened:
+        for offset, chunk in fragments:
+            opened.seek(offset)
+            assert opened.read(len(chunk)) == chunk
+        opened.seek(5000)
+        assert opened.read(1 << 16) == bytes(1 << 16)  # a hole reads as zeros
+    assert sorted(p.name for p in out.iterdir()) == ["big", "marker"]
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+@pytest.mark.parametrize("style", ["pax", "gnu"])
+def test_a_sparse_file_is_refused_for_a_tar_on_stdout(
+    tmp_path: Path, cache_dir: Path, style: str
+) -> None:
+    """A tar stream can't keep it sparse: it would carry 1 TiB of zeros."""
+    put_image(cache_dir, REF, [sparse_layer(style)[0]])
+    done = run_bounded(tmp_path, cache_dir, "big", "-o", "-", timeout=60)
+    assert_one_line_error(done, "'big/file' is a sparse file of 1.0 TiB", "-o DEST")
+    assert done.stdout == b""
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+def test_a_sparse_map_out_of_order_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    fragments = [(8192, b"b" * 512), (0, b"a" * 512)]
+    layer = sparse_member("pax", "f", fragments, 16384) + bytes(1024)
+    put_image(cache_dir, REF, [layer])
+    out = marked_dir(tmp_path / "out")
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(out / "dest"))
+    assert_one_line_error(done, "'f' has a sparse map that doesn't fit its size")
+    assert_only_marker(out)
+
+
+@pytest.fixture
+def small_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A 8 MiB tmpfs (root only), holding a marker file."""
+    path = tmp_path / "small"
+    path.mkdir()
+    mounted = os.geteuid() == 0 and (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    if not mounted:
+        require_component(request.config, "needs root and mount to make a small tmpfs")
+    try:
+        yield marked_dir(path)
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_file_bigger_than_the_free_space_is_refused_before_writing(
+    tmp_path: Path, cache_dir: Path, small_fs: Path
+) -> None:
+    """64 MiB of zeros (64 KB of gzip) for an 8 MiB filesystem: refused before a byte is
+    written, not once the disk is full."""
+    entry = tarfile.TarInfo("zeros")
+    entry.size = 64 << 20
+    layer = gzip_with_zeros(entry.tobuf(format=tarfile.PAX_FORMAT), 64 << 20, bytes(1024))
+    put_blobs(cache_dir, REF, [layer], MEDIA_OCI_LAYER_GZIP)
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(small_fs / "dest"))
+    line = assert_one_line_error(done, "'zeros' needs 64 MiB, more than the ")
+    assert f"free in {small_fs}; free some space" in line
+    assert_only_marker(small_fs)
+    # A tar on stdout stages the tree under $TMPDIR first: the same check there.
+    tmpdir = tmp_path / "tmpdir"
+    subprocess.run(["mount", "--bind", str(small_fs), str(tmpdir)], check=True)
+    try:
+        done = run_bounded(tmp_path, cache_dir, "/", "-o", "-")
+        assert_one_line_error(done, "'zeros' needs 64 MiB", "set TMPDIR to a larger one")
+        assert done.stdout == b""
+        assert_only_marker(tmpdir)
+    finally:
+        subprocess.run(["umount", str(tmpdir)], check=True)
+
+
+def test_running_out_of_space_midway_stops_with_one_line(
+    tmp_path: Path, cache_dir: Path, small_fs: Path
+) -> None:
+    """Twelve files of 1 MiB, each fitting alone, for 8 MiB: the export stops at the one
+    that doesn't fit, and leaves nothing behind."""
+    layer = layer_tar(*(file(f"f{n:02}", os.urandom(1 << 20)) for n in range(12)))
+    put_image(cache_dir, REF, [layer])
+    done = run_bounded(tmp_path, cache_dir, "/", "-o", str(small_fs / "dest"))
+    assert_one_line_error(done, "needs 1.0 MiB, more than the ", f"free in {small_fs}")
+    assert_only_marker(small_fs)
+
+
+# --- device nodes and set-ID bits (issue 14, item 14) ------------------------------------------
+
+
+def block_device(name: str, major: int, minor: int, *, mode: int = 0o666) -> Entry:
+    entry = char_device(name, major, minor, mode=mode)
+    entry.info.type = tarfile.BLKTYPE
+    return entry
+
+
+HOST_ASSETS_LAYERS = [
+    layer_tar(
+        directory("etc"),
+        file("etc/app.conf", b"conf\n"),
+        block_device("etc/disk", 8, 0),  # the host's first disk, writable by anyone
+        char_device("etc/mem", 1, 1),
+        file("etc/root-shell", b"#!/bin/sh\n", mode=0o4755),
+        file("etc/group-tool", b"#!/bin/sh\n", mode=0o2755),
+        hardlink("etc/root-shell-2", "etc/root-shell", mode=0o4755),
+        directory("etc/shared", mode=0o2775),
+    )
+]
+
+
+def test_device_nodes_and_set_id_bits_only_when_asked_for(
+    request: pytest.FixtureRequest, capsys: Capture, cache_dir: Path, tmp_path: Path
+) -> None:
+    """As root, an image's block device node (mode 0666) and set-user-ID root file used to
+    land on the host as they were. A file export is configuration and assets for the host:
+    without --keep-devices and --keep-setid there are no device nodes and no set-ID bits on
+    files, each said once in a warning."""
+    if os.geteuid() != 0:
+        require_component(request.config, "creating device nodes needs root")
+    put_image(cache_dir, REF, HOST_ASSETS_LAYERS)
+    out = marked_dir(tmp_path / "out")
+    code, _, err = run(capsys, cache_dir, REF, "etc", "-o", str(out / "etc"))
+    assert code == 0, err
+    assert tree(out / "etc") == {
+        ".": ("dir", 0o755),
+        "app.conf": ("file", 0o644, b"conf\n"),
+        "group-tool": ("file", 0o755, b"#!/bin/sh\n"),
+        "root-shell": ("file", 0o755, b"#!/bin/sh\n"),
+        "root-shell-2": ("file", 0o755, b"#!/bin/sh\n"),
+        "shared": ("dir", 0o2775),
+    }
+    assert (out / "etc/root-shell").stat().st_ino == (out / "etc/root-shell-2").stat().st_ino
+    warnings = [line for line in err.splitlines() if not line.startswith("exported ")]
+    assert warnings == [
+        f"Warning: left out 2 device nodes (--keep-devices keeps them): {out}/etc/disk, "
+        f"{out}/etc/mem",
+        "Warning: dropped the set-user-ID/set-group-ID bits of 3 files (--keep-setid keeps "
+        f"them): {out}/etc/group-tool, {out}/etc/root-shell, {out}/etc/root-shell-2",
+    ]
+    code, _, err = run(
+        capsys, cache_dir, REF, "etc", "-o", str(out / "kept"), "--keep-devices", "--keep-setid"
+    )
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"exported etc (directory) from {REF} to {out}/kept: 8 entries, 25 B of file data"
+    ]
+    kept = tree(out / "kept")
+    assert kept["disk"] == ("block", 0o666, 8, 0)
+    assert kept["mem"] == ("char", 0o666, 1, 1)
+    assert kept["root-shell"] == ("file", 0o4755, b"#!/bin/sh\n")
+    assert kept["group-tool"] == ("file", 0o2755, b"#!/bin/sh\n")
+    assert sorted(p.name for p in out.iterdir()) == ["etc", "kept", "marker"]
+    assert (out / "marker").read_bytes() == SECRET_MARKER
+
+
+def test_a_device_node_as_source_is_refused_unless_asked_for(
+    capsys: Capture, cache_dir: Path, out_dir: Path
+) -> None:
+    put_image(cache_dir, REF, HOST_ASSETS_LAYERS)
+    for output in (str(out_dir / "disk"), "-"):
+        code, _, err = run(capsys, cache_dir, REF, "etc/disk", "-o", output)
+        assert code == 1
+        assert err.strip().splitlines() == [
+            f"Error: couldn't export etc/disk from {REF}: /etc/disk is a block device, and "
+            "device nodes are left out unless asked for (--keep-devices)"
+        ]
+    assert list(out_dir.iterdir()) == []

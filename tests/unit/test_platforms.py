@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from forklift_boot.platforms import (
@@ -12,7 +14,9 @@ from forklift_boot.platforms import (
     format_platform,
     matches,
     parse_platform,
+    platform_object,
     platform_of,
+    platform_text,
 )
 
 
@@ -88,6 +92,43 @@ def test_platform_json_and_order() -> None:
 )
 def test_platform_of_an_index_entry(descriptor_platform: dict[str, str], expected: str) -> None:
     assert str(platform_of(descriptor_platform)) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        # As the config spells it, not normalised; os first, variant only when set.
+        (
+            {"architecture": "arm64", "os": "linux", "variant": "v8", "rootfs": {}},
+            '{"os": "linux", "architecture": "arm64", "variant": "v8"}',
+        ),
+        (
+            {"architecture": "amd64", "os": "linux", "variant": ""},
+            '{"os": "linux", "architecture": "amd64"}',
+        ),
+        ({"architecture": "x86_64"}, '{"os": "linux", "architecture": "x86_64"}'),
+        ({}, '{"os": "linux", "architecture": ""}'),
+    ],
+)
+def test_platform_object_of_a_config(config: dict[str, object], expected: str) -> None:
+    assert json.dumps(platform_object(config)) == expected
+
+
+@pytest.mark.parametrize(
+    ("descriptor_platform", "expected"),
+    [
+        ({"os": "linux", "architecture": "arm64", "variant": "v8"}, "linux/arm64/v8"),
+        ({"architecture": "arm", "os": "linux"}, "linux/arm"),
+        ({"os": "linux", "architecture": "amd64", "variant": ""}, "linux/amd64"),
+        ({"os": "unknown", "architecture": "unknown"}, "unknown/unknown"),
+        ({"architecture": "amd64"}, "/amd64"),
+        (None, "/"),
+    ],
+)
+def test_platform_text_spells_a_descriptor_platform_as_written(
+    descriptor_platform: dict[str, str] | None, expected: str
+) -> None:
+    assert platform_text(descriptor_platform) == expected
 
 
 @pytest.mark.parametrize(

@@ -15,19 +15,23 @@ from forklift_boot.cache import (
     MEDIA_OCI_INDEX,
     MEDIA_OCI_MANIFEST,
 )
-from forklift_boot.errors import RegistryError
+from forklift_boot.errors import RegistryError, RegistryUnreachableError
 from forklift_boot.refs import parse_image_ref
-from forklift_boot.stores.registry.client import (
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.endpoints import (
     Endpoint,
-    RegistryClient,
-    RetryPolicy,
     endpoints_for,
     is_loopback_host,
-    manifest_media_type,
     mirror_base_url,
-    parse_retry_after,
     registry_base_url,
     registry_host,
+)
+from forklift_boot.stores.registry.manifests import manifest_media_type
+from forklift_boot.stores.registry.transport import (
+    Deadline,
+    RetryPolicy,
+    Transport,
+    parse_retry_after,
 )
 
 
@@ -203,3 +207,33 @@ def test_cache_img_usage_errors(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "index.json").exists()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_deadline_cuts_the_timeouts_and_then_refuses_every_request() -> None:
+    clock = FakeClock()
+    transport = Transport(RetryPolicy(), timeout=(3.0, 5.0), deadline=Deadline(10.0, clock=clock))
+    assert transport.timeout_now("look up a:1", "at r.example") == (3.0, 5.0)  # clock starts
+    clock.now += 6.0
+    assert transport.timeout_now("look up a:1", "at r.example") == (3.0, 4.0)
+    clock.now += 3.5
+    assert transport.timeout_now("look up a:1", "at r.example") == (0.5, 0.5)
+    clock.now += 0.5
+    with pytest.raises(RegistryUnreachableError) as raised:
+        transport.timeout_now("look up a:1", "at r.example")
+    assert str(raised.value) == (
+        "couldn't look up a:1 at r.example: registries had 10 s to answer in this run, and "
+        "that time is up"
+    )
+
+
+def test_without_a_deadline_the_timeouts_stay() -> None:
+    transport = Transport(RetryPolicy(), timeout=(3.0, 5.0))
+    assert transport.timeout_now("look up a:1", "at r.example") == (3.0, 5.0)

@@ -13,7 +13,7 @@ from forklift_boot.exchange.serve import repository_name
 from forklift_boot.refs import parse_image_ref
 from forklift_boot.report import ALREADY_THERE, FAILED, MISSING, ImageOutcome
 from forklift_boot.stores.registry.client import _AuthKey
-from forklift_boot.stores.registry.push import parse_push_target, parse_size
+from forklift_boot.stores.registry.targets import parse_push_target, parse_size
 
 
 @pytest.mark.parametrize(

@@ -628,3 +628,95 @@ def test_entries_of_other_tools_are_left_out_with_a_warning(
     )
     assert set(entries(usb)) == {ALPHA, BETA, GAMMA}
     assert len(json.loads((usb / "index.json").read_text())["manifests"]) == 3
+
+
+# A hostile source: names checked as image references, nothing printed raw
+
+
+def add_entries(cache_dir: Path, *added: dict[str, Any]) -> None:
+    """Entries written into index.json as another device's cache might hold them: unchecked."""
+    index_path = cache_dir / "index.json"
+    index = json.loads(index_path.read_text())
+    index["manifests"] += list(added)
+    index_path.write_text(json.dumps(index))
+
+
+def entry(written: Written, name: str, refs: str | None = None) -> dict[str, Any]:
+    annotations = {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name}
+    if refs is not None:
+        annotations["run.forklift.boot.refs"] = refs
+    return {
+        "mediaType": MEDIA_OCI_MANIFEST,
+        "digest": written.manifest,
+        "size": len(written.blobs[written.manifest]),
+        "annotations": annotations,
+    }
+
+
+def test_merge_takes_only_names_that_are_image_references(
+    capsys: Capture, tmp_path: Path, source: Source
+) -> None:
+    evil = "docker.io/evil/app:1"
+    escapes = "\x1b[31mError: FAKE\x1b[0m\nx"
+    add_entries(
+        source.dir,
+        entry(source.alpha, "../../../../etc/passwd"),
+        entry(source.alpha, escapes),
+        entry(source.alpha, "alpha:1.0"),  # an image reference, but not as forklift-boot writes it
+        # A spelling that means another image claims it for the report.
+        entry(source.beta, evil, refs="nginx:1.27,alpine:3,evil/app:1,\x1b[2J"),
+    )
+    device = tmp_path / "device"
+    around = sorted(p.name for p in tmp_path.iterdir())
+
+    code, out, err = run(capsys, "cache", "merge", str(source.dir), "--cache-dir", str(device))
+
+    assert code == 3, err  # some images failed: the three refused entries
+    assert isinstance(out, str)
+    assert set(entries(device)) == {ALPHA, BETA, GAMMA, evil}
+    annotations = entries(device)[evil]["annotations"]
+    assert annotations["run.forklift.boot.refs"] == "evil/app:1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*around, "device"])
+    assert "\x1b" not in out + err
+    lines = (out + err).splitlines()
+    assert not [line for line in lines if line.startswith(("Error: FAKE", "x"))]
+    assert "copied alpine:3" not in err
+    assert "copied nginx:1.27" not in err
+    assert "left them out: \\x1b[2J, alpine:3, nginx:1.27\n" in err  # sorted
+    assert 'invalid image reference "../../../../etc/passwd"' in err
+    assert "\\x1b[31mError: FAKE\\x1b[0m\\nx" in err
+    assert "alpha:1.0 is not a canonical image reference (that would be" in err
+    verify(capsys, device)
+
+
+def test_a_deeply_nested_manifest_fails_that_image_only(
+    capsys: Capture, tmp_path: Path, source: Source
+) -> None:
+    depth = 100_000
+    deep = (
+        b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}"
+    )
+    blob_path(source.dir, sha256(deep)).write_bytes(deep)
+    name = "docker.io/library/deep:1"
+    add_entries(
+        source.dir,
+        {
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "digest": sha256(deep),
+            "size": len(deep),
+            "annotations": {"io.containerd.image.name": name},
+        },
+    )
+    usb = tmp_path / "usb"
+    code, report, err = run(
+        capsys, "cache", "copy", "--cache-dir", str(source.dir), "--to", str(usb), "--json"
+    )
+    assert code == 3, err
+    assert isinstance(report, dict)
+    assert statuses(report) == {ALPHA: "copied", BETA: "copied", GAMMA: "copied", name: "failed"}
+    assert "nested too deeply" in err
+    assert "Traceback" not in err
+    assert set(entries(usb)) == {ALPHA, BETA, GAMMA}

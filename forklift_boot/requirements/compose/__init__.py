@@ -32,8 +32,16 @@ def load_compose_services(
     working_dir: Path,
     project_name: str,
     environment: Mapping[str, str] | None = None,
+    *,
+    sources: Mapping[Path, Path] | None = None,
+    within: Sequence[Path] | None = None,
 ) -> list[ComposeService]:
-    """The enabled services (no profiles), sorted by name."""
+    """The enabled services (no profiles), sorted by name.
+
+    ``sources`` maps a compose file's name (as compose-go sees it) to the file to read when
+    they differ; ``within`` lists the real directories that files the compose files lead to
+    (``include``, ``extends: file:``, ``env_file``) must be inside.
+    """
     if not compose_files:
         raise RequirementsError("couldn't load compose files: no compose file specified", None)
     files = [join(working_dir, file) for file in compose_files]
@@ -45,7 +53,15 @@ def load_compose_services(
         )
     # loader.go projectName(): the name is always added to the interpolation environment.
     env = {**(environment or {}), PROJECT_NAME_VARIABLE: project_name}
-    model = load_model(files, Context(env, join(working_dir, "."), join(working_dir, "."), ()))
+    ctx = Context(
+        env,
+        join(working_dir, "."),
+        join(working_dir, "."),
+        (),
+        {join(working_dir, name): file for name, file in (sources or {}).items()},
+        tuple(within) if within is not None else None,
+    )
+    model = load_model(files, ctx)
     if not model:
         raise load_error(files[0], "empty compose file")
     if not project_name:

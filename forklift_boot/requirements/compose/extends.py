@@ -7,7 +7,13 @@ from typing import Any
 
 from forklift_boot.requirements.compose.documents import read_documents
 from forklift_boot.requirements.compose.merge import merge
-from forklift_boot.requirements.compose.model import ComposeError, Context, join, load_error
+from forklift_boot.requirements.compose.model import (
+    ComposeError,
+    Context,
+    check_within,
+    join,
+    load_error,
+)
 from forklift_boot.requirements.compose.yaml_tags import apply_resets
 
 
@@ -47,6 +53,7 @@ def _extend(
     where = str(file)
     if ref_file is not None:
         ref_path = join(services_dir, ref_file)
+        check_within(ref_path, ctx, f"the `extends` file of service {name}")
         services, ref_resets = _services_to_extend(
             name, ref, ref_path=ref_path, ref_file=ref_file, file=file, ctx=ctx
         )

@@ -11,7 +11,13 @@ from forklift_boot.requirements.compose.documents import read_documents
 from forklift_boot.requirements.compose.dotenv import read_env_files
 from forklift_boot.requirements.compose.extends import apply_extends
 from forklift_boot.requirements.compose.merge import check_services, merge
-from forklift_boot.requirements.compose.model import ComposeError, Context, join, load_error
+from forklift_boot.requirements.compose.model import (
+    ComposeError,
+    Context,
+    check_within,
+    join,
+    load_error,
+)
 from forklift_boot.requirements.compose.yaml_tags import apply_resets
 
 
@@ -19,7 +25,7 @@ def load_model(files: Sequence[Path], ctx: Context) -> dict[str, Any]:
     """loader.go loadYamlModel: each document of each file is expanded, then merged in order."""
     model: dict[str, Any] = {}
     for file in files:
-        for doc in read_documents(file, ctx.env):
+        for doc in read_documents(ctx.sources.get(file, file), ctx.env):
             try:
                 apply_extends(doc.data, file, ctx, doc.resets)
                 apply_resets(model, doc.resets)
@@ -45,17 +51,22 @@ def _apply_includes(data: dict[str, Any], file: Path, ctx: Context) -> None:
         if not paths:
             continue
         files = [join(ctx.resolver_dir, path) for path in paths]
+        for included_file in files:
+            check_within(included_file, ctx, "an `include` path")
         if files[0] in included:
             chain = " include ".join(str(f) for f in [*included[1:], files[0]])
             raise ComposeError(f"include cycle detected: {included[0]} include {chain}")
         # The first file's directory is the default project directory.
         project = join(ctx.working_dir, project_dir) if project_dir else files[0].parent
-        file_env = read_env_files(_include_env_files(env_files, project, ctx), ctx.env)
+        env_paths = _include_env_files(env_files, project, ctx)
+        for env_path in env_paths:
+            check_within(env_path, ctx, "an `include` env_file")
+        file_env = read_env_files(env_paths, ctx.env)
         # types.Mapping.Merge: the environment wins over the env files.
         env = {**file_env, **ctx.env}
         # compose-go resolves a nested include's relative project_directory and env_file
         # against a relative dir (really the process's cwd); here they use the project dir.
-        imported = load_model(files, Context(env, project, project, included))
+        imported = load_model(files, Context(env, project, project, included, within=ctx.within))
         _import_resources(imported, data)
 
 

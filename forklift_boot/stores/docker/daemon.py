@@ -1,6 +1,6 @@
 """Stopping and starting the Docker daemon around an offline edit of its files, crash-safely.
 
-Two ways, as DESIGN.md decision 5 says: through systemd (``docker.socket`` and
+Two ways, as docs/architecture.md, decision 5 says: through systemd (``docker.socket`` and
 ``docker.service``) when systemd manages Docker, else by restarting the dockerd process found
 behind the socket with its own command line, as in an OS-image build or a test. Either way a
 watchdog (``restart_guard``) starts Docker again if forklift-boot dies while Docker is down.

@@ -3,8 +3,8 @@
 moby#22011: loading an image on the classic (graph driver) store keeps its tags but not the
 registry digest, so ``name@sha256:...`` and ``name:tag@sha256:...`` stop resolving. The only
 record of a digest reference there is ``<data-root>/image/<driver>/repositories.json``, which
-dockerd reads at start only and rewrites from memory on any tag change (DOCKER-STORES.md,
-fact B): it may be edited only while dockerd is stopped.
+dockerd reads at start only and rewrites from memory on any tag change (docs/architecture.md,
+"Docker's stores"): it may be edited only while dockerd is stopped.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The push side of the OCI distribution API: where a cached image goes on a registry, and
-the blob and manifest requests that put it there.
+"""The push side of the OCI distribution API: the blob and manifest requests that put a cached
+image on a registry (where it goes is ``targets``).
 
 Blobs are looked up with ``HEAD``, mounted from another repository of the same registry when
 this run already put them there, and otherwise uploaded straight from the cache file through
@@ -14,142 +14,30 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 
 from forklift_boot.cache import BUFFER_SIZE, CacheReader, Descriptor
 from forklift_boot.cache.blobs import hash_file
-from forklift_boot.errors import CacheError, RegistryError
-from forklift_boot.refs import (
-    NAME_TOTAL_LENGTH_MAX,
-    PATH_COMPONENT_RE,
-    REGISTRY_HOST_RE,
-    ImageRef,
-    host_path_component,
-)
-from forklift_boot.stores.registry.client import (
-    DOCKER_HUB_DOMAIN,
-    MANIFEST_ACCEPT,
-    Endpoint,
-    RegistryAccessError,
-    RegistryClient,
-    is_loopback_host,
-    registry_host,
-)
+from forklift_boot.errors import CacheError, RegistryError, printable
+from forklift_boot.stores.registry.bodies import registry_error
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.manifests import MANIFEST_ACCEPT
+from forklift_boot.stores.registry.targets import PushTarget
+from forklift_boot.stores.registry.transport import RegistryAccessError
 
 __all__ = [
     "MONOLITHIC_LIMIT",
     "ManifestRefusedError",
     "PushRepository",
-    "PushTarget",
-    "parse_push_target",
-    "parse_size",
 ]
 
 log = logging.getLogger(__name__)
 
 # Blobs up to this size go in one PUT with the upload's POST before it: two requests.
 MONOLITHIC_LIMIT = 8 << 20
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-# Naming
-
-
-@dataclass(frozen=True)
-class PushTarget:
-    """A registry and the repository prefix that cached images go under."""
-
-    endpoint: Endpoint
-    prefix: str  # "" or "fleet/images": path components without slashes at either end
-
-    @property
-    def display(self) -> str:
-        """``host[/prefix]``, as the user wrote it (without a scheme)."""
-        return f"{self.endpoint.host}/{self.prefix}" if self.prefix else self.endpoint.host
-
-    def repository_for(self, ref: ImageRef) -> str:
-        """Where an image goes: ``PREFIX/<its registry>/<its repository>``.
-
-        The source registry stays in the name, as ``skopeo sync --scoped`` keeps it and as
-        Harbor keeps one proxy-cache project per upstream registry: a cache holds images of
-        several registries, and ``docker.io/acme/app`` and ``ghcr.io/acme/app`` are
-        different images. A port's ``:`` (not allowed in a repository name) becomes ``_``,
-        which no host name contains: ``127.0.0.1:5000`` -> ``127.0.0.1_5000``.
-        """
-        host = host_path_component(ref.domain or DOCKER_HUB_DOMAIN)
-        if host is None:
-            raise RegistryError(
-                f"couldn't name {ref.name} on {self.display}: an IPv6 registry address has no "
-                "form allowed in a repository name; cache it under a host name"
-            )
-        path = "/".join(part for part in (self.prefix, host, ref.path) if part)
-        # distribution/reference: the whole name, registry host included, is at most this long.
-        if len(self.endpoint.host) + 1 + len(path) > NAME_TOTAL_LENGTH_MAX:
-            raise RegistryError(
-                f"couldn't name {ref.name} on {self.display}: {self.endpoint.host}/{path} is "
-                f"longer than the {NAME_TOTAL_LENGTH_MAX} characters a reference may have; "
-                "choose a shorter prefix"
-            )
-        return path
-
-
-def parse_push_target(text: str, *, plain_http: bool = False) -> PushTarget:
-    """``REGISTRY[/PREFIX]``, or ``http(s)://REGISTRY[/PREFIX]`` like ``--registry-mirror``.
-
-    HTTPS unless the URL says ``http://``, ``plain_http`` is set, or the registry is on a
-    loopback address (Docker's insecure-by-default ``127.0.0.0/8``, as for pulling).
-    ValueError says what is wrong.
-    """
-    given = text.strip()
-    scheme = None
-    if "://" in given:
-        parts = urlsplit(given)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
-                f"invalid registry {text!r}: expected [http(s)://]HOST[:PORT][/PREFIX]"
-            )
-        if parts.query or parts.fragment or "@" in parts.netloc:
-            raise ValueError(
-                f"invalid registry {text!r}: no credentials, query or fragment in it "
-                "(credentials go in Docker's config.json: `docker login`)"
-            )
-        scheme, host, prefix = parts.scheme, parts.netloc, parts.path
-    else:
-        host, _, prefix = given.partition("/")
-    if not host or REGISTRY_HOST_RE.fullmatch(host) is None:
-        raise ValueError(f"invalid registry {text!r}: {host!r} is not a HOST[:PORT]")
-    host = host.lower()  # host names are case-insensitive; repository names are lowercase
-    prefix = prefix.strip("/")
-    for component in prefix.split("/") if prefix else []:
-        if PATH_COMPONENT_RE.fullmatch(component) is None:
-            raise ValueError(
-                f"invalid repository prefix {prefix!r} in {text!r}: {component!r} is not a "
-                "repository name component (lowercase letters, digits, and . _ - between them)"
-            )
-    if plain_http:
-        if scheme == "https":
-            raise ValueError(f"--plain-http contradicts the https:// of {text!r}")
-        scheme = "http"
-    if scheme is None:
-        scheme = "http" if is_loopback_host(host) else "https"
-    endpoint = Endpoint(f"{scheme}://{registry_host(host)}", host)
-    return PushTarget(endpoint, prefix)
-
-
-def parse_size(text: str) -> int:
-    """``16M``, ``512k``, ``1G``, ``1048576`` (bytes; binary units); ValueError otherwise."""
-    match = re.fullmatch(r"\s*([0-9]+)\s*([kmgKMG]?)(?:i?[bB])?\s*", text)
-    if match is None:
-        raise ValueError(f"invalid size {text!r}: expected a number of bytes, e.g. 16M")
-    size = int(match[1]) * _SIZE_UNITS[match[2].lower()]
-    if size < 1:
-        raise ValueError(f"invalid size {text!r}: expected at least 1 byte")
-    return size
 
 
 # Requests
@@ -326,7 +214,7 @@ class PushRepository:
             "PUT", "", what, url=location, params={"digest": descriptor.digest},
             headers=headers, body=body,
         ) as response:  # fmt: skip
-            if response.status_code == 400 and _error_code(response) == "DIGEST_INVALID":
+            if response.status_code == 400 and self._error_code(response) == "DIGEST_INVALID":
                 found, _ = hash_file(reader.blob_path(descriptor.digest))
                 if found != descriptor.digest:
                     raise CacheError(
@@ -365,18 +253,18 @@ class PushRepository:
             body=data,
         ) as response:  # fmt: skip
             if response.status_code in (400, 404):
-                code = _error_code(response)
+                code = self._error_code(response)
                 raise ManifestRefusedError(
                     f"couldn't {what} on {self.endpoint.host}: refused with HTTP "
-                    f"{response.status_code}{_error_detail(response)}",
+                    f"{response.status_code}{self._error_detail(response)}",
                     code,
                 )
             self._check(response, what, {200, 201})
             stored = response.headers.get("Docker-Content-Digest")
         if stored and stored != digest:
             raise RegistryError(
-                f"couldn't {what} on {self.endpoint.host}: it stored {stored} for a manifest "
-                f"whose digest is {digest}; the registry rewrites manifests, so digest "
+                f"couldn't {what} on {self.endpoint.host}: it stored {printable(stored)} for a "
+                f"manifest whose digest is {digest}; the registry rewrites manifests, so digest "
                 "references can't resolve there"
             )
         return digest
@@ -421,9 +309,8 @@ class PushRepository:
             hint = "; is it a registry (the OCI distribution API under /v2/)?"
         elif status == 405:
             hint = "; the registry doesn't allow pushing there (read-only, or a proxy cache)"
-        raise RegistryError(
-            f"couldn't {what} on {self.endpoint.host}: HTTP {status}{_error_detail(response)}{hint}"
-        )
+        detail = self._error_detail(response)
+        raise RegistryError(f"couldn't {what} on {self.endpoint.host}: HTTP {status}{detail}{hint}")
 
     def _check_upload(
         self, response: requests.Response, what: str, expected: set[int], sent: int
@@ -437,7 +324,7 @@ class PushRepository:
                 "too large for it or for a proxy in front of it (HTTP 413); raise that limit "
                 "(nginx: client_max_body_size 0) or pass a smaller --chunk-size, e.g. 16M"
             )
-        code = _error_code(response)
+        code = self._error_code(response)
         if (
             status == 416
             or (status == 404 and code == "BLOB_UPLOAD_UNKNOWN")
@@ -445,7 +332,7 @@ class PushRepository:
         ):
             raise _UploadLostError(
                 f"couldn't {what} on {self.endpoint.host}: it dropped the upload (HTTP "
-                f"{status}{_error_detail(response)})"
+                f"{status}{self._error_detail(response)})"
             )
         self._check(response, what, expected)
 
@@ -453,18 +340,9 @@ class PushRepository:
         separator = "@" if reference.startswith("sha256:") else ":"
         return f"{self.path}{separator}{reference}"
 
+    def _error_code(self, response: requests.Response) -> str:
+        return registry_error(response, self.client.min_rate)[0]
 
-def _error_code(response: requests.Response) -> str:
-    try:
-        return str(response.json()["errors"][0]["code"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return ""
-
-
-def _error_detail(response: requests.Response) -> str:
-    """`` (MANIFEST_BLOB_UNKNOWN: blob unknown to registry)`` from its JSON error body."""
-    try:
-        first = response.json()["errors"][0]
-        return f" ({first.get('code', '')}: {str(first.get('message', ''))[:120]})"
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return ""
+    def _error_detail(self, response: requests.Response) -> str:
+        """`` (MANIFEST_BLOB_UNKNOWN: blob unknown to registry)`` from its JSON error body."""
+        return registry_error(response, self.client.min_rate)[1]

@@ -4,6 +4,7 @@ A ref resolves to what the registry serves for it. An image index is resolved to
 for the wanted platform (or every platform with ``all_platforms``); the cache entry points at
 that platform manifest, or at the index itself, kept byte for byte, when the ref pins the
 index's digest (or every platform is kept), so that the digest the ref names stays valid.
+One class, one module: finding and copying share the resolved manifests and the cache lookups.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ from forklift_boot.cache import (
 )
 from forklift_boot.errors import CacheError, ForkliftBootError, RegistryError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
-from forklift_boot.platforms import Platform, best_match, matches, parse_platform, platform_of
+from forklift_boot.platforms import (
+    Platform,
+    best_match,
+    matches,
+    parse_platform,
+    platform_object,
+    platform_of,
+)
 from forklift_boot.refs import ImageRef
 from forklift_boot.report import DEFAULT_JOBS
-from forklift_boot.stores.registry.client import (
-    Manifest,
-    RegistryClient,
-    Repository,
-    manifest_media_type,
-)
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.manifests import Manifest, manifest_media_type
+from forklift_boot.stores.registry.repository import Repository
 
 __all__ = ["RegistrySource"]
 
@@ -449,7 +454,4 @@ def _config_platform(data: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(config, dict) or not config.get("architecture"):
         return None
-    platform = {"architecture": str(config["architecture"]), "os": str(config.get("os", "linux"))}
-    if config.get("variant"):
-        platform["variant"] = str(config["variant"])
-    return platform
+    return platform_object(config)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from forklift_boot.cache import (
     BUFFER_SIZE,
@@ -21,100 +21,39 @@ from forklift_boot.cache import (
     CacheWriter,
     ImageCache,
     ensure_free_space,
-    human_bytes,
 )
 from forklift_boot.cache.blobs import hash_file
 from forklift_boot.cache.durable import is_no_space, size_or_none
-from forklift_boot.cache.index import read_index
 from forklift_boot.cache.layout import layout_problem
-from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, BlobWalk, ReachedBlob, walk_blobs
-from forklift_boot.cache.walk import DocumentStash as _DocumentStash
+from forklift_boot.cache.walk import ROLE_INDEX, ROLE_MANIFEST, DocumentStash, ReachedBlob
 from forklift_boot.errors import CacheError, UsageError
+from forklift_boot.exchange.copy.plan import CopyPlan, plan_copy, source_problem
+from forklift_boot.exchange.copy.report import (
+    COPIED,
+    KEPT,
+    REPLACED,
+    UPDATED,
+    TransferReport,
+    image_outcome,
+)
 from forklift_boot.faults import checkpoint
-from forklift_boot.images import group_by_canonical, missing_outcome
 from forklift_boot.report import (
     ALREADY_THERE,
     FAILED,
     ImageOutcome,
     NoProgress,
     Progress,
-    RunReport,
 )
 from forklift_boot.requirements import RequiredImage
 
-__all__ = [
-    "ALREADY_THERE",
-    "COPIED",
-    "KEPT",
-    "REPLACED",
-    "UPDATED",
-    "TransferReport",
-    "copy_images",
-]
+__all__ = ["copy_images"]
 
 log = logging.getLogger(__name__)
-
-# Per-image outcomes, besides report.MISSING and report.FAILED.
-COPIED = "copied"  # the destination had no image of that name
-REPLACED = "replaced"  # it had another manifest under that name; the source's won
-KEPT = "kept"  # it had another manifest under that name and kept it (--keep-existing)
-UPDATED = "updated"  # the same manifest: blobs it lacked (platforms, damaged ones) or refs added
-_DONE = frozenset({COPIED, REPLACED, KEPT, UPDATED, ALREADY_THERE})
 
 # What a blob costs beyond its bytes on the destination's filesystem (its last, partial block),
 # and room for index.json's temporary: added to the free-space check.
 _BLOCK_SLACK = 4096
 _INDEX_SLACK = 1 << 20
-
-
-@dataclass
-class TransferReport(RunReport):
-    """What a copy did, image by image, and the blobs it copied or found already there."""
-
-    source_dir: Path
-    destination_dir: Path
-    action: str = "copy"  # "copy" or "merge": the command, for --json
-    blobs_copied: int = 0
-    bytes_copied: int = 0
-    blobs_skipped: int = 0  # already in the destination
-    bytes_skipped: int = 0
-    # A destination-wide failure (a full disk) that stopped the copy; the images done before it
-    # are recorded.
-    error: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.error is not None else super().exit_code
-
-    def headline(self) -> str:
-        """``4/5 images in DEST (2 copied, 2 already there); 9 blobs copied (210 MiB), 3 already
-        there (1.2 MiB), 2.1 s``."""
-        counts = [
-            f"{self.count(status)} {status}"
-            for status in (COPIED, REPLACED, UPDATED, KEPT, ALREADY_THERE)
-            if self.count(status)
-        ]
-        return (
-            f"{self.count(*_DONE)}/{len(self.outcomes)} images in {self.destination_dir}"
-            + (f" ({', '.join(counts)})" if counts else "")
-            + f"; {self.blobs_copied} blobs copied ({human_bytes(self.bytes_copied)}), "
-            f"{self.blobs_skipped} already there ({human_bytes(self.bytes_skipped)}), "
-            f"{self.seconds:.1f} s"
-        )
-
-    def json_fields(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "source": str(self.source_dir),
-            "destination": str(self.destination_dir),
-            "error": self.error,
-            "blobs": {
-                "copied": self.blobs_copied,
-                "bytes_copied": self.bytes_copied,
-                "skipped": self.blobs_skipped,
-                "bytes_skipped": self.bytes_skipped,
-            },
-        }
 
 
 def copy_images(
@@ -143,8 +82,8 @@ def copy_images(
             "image cache; name another directory"
         )
     with source.reading() as reader:
-        stash = _DocumentStash(reader)
-        plans = _plan(reader, stash, required, report)
+        stash = DocumentStash(reader)
+        plans = plan_copy(reader, stash, required, report)
         if not destination.cache_dir.exists():
             # Checked before the directory is created, so a copy that can't fit leaves nothing.
             _ensure_space(destination.cache_dir, _distinct(plans))
@@ -155,74 +94,6 @@ def copy_images(
             progress.finish_image(outcome)
     report.outcomes.sort(key=lambda outcome: outcome.name)
     return report.finish()
-
-
-# Planning
-
-
-@dataclass
-class _Plan:
-    """A source image to copy: its entry, everything it reaches, and how it was asked for."""
-
-    image: CachedImage
-    walk: BlobWalk
-    essential: bool = True
-
-    @property
-    def blobs(self) -> list[ReachedBlob]:
-        return self.walk.reached
-
-
-def _plan(
-    reader: CacheReader,
-    stash: _DocumentStash,
-    required: Sequence[RequiredImage] | None,
-    report: TransferReport,
-) -> list[_Plan]:
-    """The source's images to copy, each followed through its blobs; damaged ones and wanted
-    ones the source lacks become outcomes right away."""
-    listed = reader.images()
-    images: dict[str, CachedImage] = {}
-    for image in listed:
-        if image.canonical in images:
-            log.warning(
-                "%s/index.json names %s twice; copying the first entry",
-                reader.cache_dir,
-                image.canonical,
-            )
-            continue
-        images[image.canonical] = image
-    selected: list[tuple[CachedImage, bool]]
-    if required is None:
-        selected = [(image, True) for image in images.values()]
-        others = len(read_index(reader.cache_dir).entries) - len(listed)
-        if others > 0:
-            log.warning(
-                "left out %d index.json entries of %s that name no forklift-boot image "
-                "(another tool's)",
-                others,
-                reader.cache_dir,
-            )
-    else:
-        selected = []
-        for wanted in group_by_canonical(required):
-            found = images.get(wanted.canonical)
-            if found is None:
-                detail = f"not in the image cache {reader.cache_dir}"
-                report.outcomes.append(missing_outcome(wanted, detail))
-            else:
-                selected.append((found, wanted.essential))
-    plans: list[_Plan] = []
-    for image, essential in selected:
-        walk = walk_blobs(stash, image.descriptor)
-        problem = walk.image_problem()
-        if problem is None:
-            plans.append(_Plan(image, walk, essential))
-            continue
-        message = _source_problem(image.canonical, reader.cache_dir, problem)
-        log.error("%s", message)
-        report.outcomes.append(_outcome(image, FAILED, message, essential=essential))
-    return plans
 
 
 # Copying
@@ -244,7 +115,7 @@ class _Copier:
         self,
         reader: CacheReader,
         writer: CacheWriter,
-        stash: _DocumentStash,
+        stash: DocumentStash,
         report: TransferReport,
         progress: Progress,
         *,
@@ -260,9 +131,9 @@ class _Copier:
         self.counted: set[str] = set()
         self.buffer = bytearray(BUFFER_SIZE)
 
-    def run(self, plans: Sequence[_Plan]) -> None:
+    def run(self, plans: Sequence[CopyPlan]) -> None:
         existing = {image.canonical: image for image in self.writer.images()}
-        to_copy: list[tuple[_Plan, CachedImage | None]] = []
+        to_copy: list[tuple[CopyPlan, CachedImage | None]] = []
         entries: list[CachedImage] = []
         for plan in plans:
             current = existing.get(plan.image.canonical)
@@ -290,7 +161,7 @@ class _Copier:
         ]
         total = sum(1 for size in sizes if size)
         number = 0
-        copied: list[tuple[_Plan, ImageOutcome]] = []
+        copied: list[tuple[CopyPlan, ImageOutcome]] = []
         for position, ((plan, current), size) in enumerate(zip(to_copy, sizes, strict=True)):
             if size:
                 number += 1
@@ -306,7 +177,7 @@ class _Copier:
             entry, status, detail = self._entry(plan, current, new_bytes)
             if entry is not None:
                 entries.append(entry)
-            outcome = _outcome(plan.image, status, detail, plan.essential, new_bytes)
+            outcome = image_outcome(plan.image, status, detail, plan.essential, new_bytes)
             copied.append((plan, outcome))
             if status in (COPIED, REPLACED, UPDATED):
                 self.progress.finish_image(outcome)
@@ -321,14 +192,14 @@ class _Copier:
                 self.report.error = self.report.error or message
                 recorded = {entry.canonical for entry in entries}
                 copied = [
-                    (plan, _outcome(plan.image, FAILED, message, plan.essential))
+                    (plan, image_outcome(plan.image, FAILED, message, plan.essential))
                     if plan.image.canonical in recorded
                     else (plan, outcome)
                     for plan, outcome in copied
                 ]
         self.report.outcomes.extend(outcome for _, outcome in copied)
 
-    def _keep(self, plan: _Plan, current: CachedImage, entries: list[CachedImage]) -> None:
+    def _keep(self, plan: CopyPlan, current: CachedImage, entries: list[CachedImage]) -> None:
         log.warning(
             "%s in %s is another image (manifest %s) than in %s (manifest %s); kept it "
             "(--keep-existing)",
@@ -342,10 +213,10 @@ class _Copier:
         if refs != current.refs:
             entries.append(replace(current, refs=refs))
         detail = f"differs from the source's (manifest {plan.image.descriptor.digest})"
-        self.report.outcomes.append(_outcome(plan.image, KEPT, detail, plan.essential))
+        self.report.outcomes.append(image_outcome(plan.image, KEPT, detail, plan.essential))
 
     def _entry(
-        self, plan: _Plan, current: CachedImage | None, new_bytes: int
+        self, plan: CopyPlan, current: CachedImage | None, new_bytes: int
     ) -> tuple[CachedImage | None, str, str]:
         """The index entry to write (None: the current one stays), the outcome and its detail."""
         image = plan.image
@@ -361,7 +232,7 @@ class _Copier:
             return None, UPDATED, "blobs it lacked added"
         return None, ALREADY_THERE, ""
 
-    def _missing_sizes(self, plans: Sequence[_Plan]) -> dict[str, int]:
+    def _missing_sizes(self, plans: Sequence[CopyPlan]) -> dict[str, int]:
         """digest -> size of every blob the destination lacks (by name and size), each once,
         in the order the plans need them."""
         missing: dict[str, int] = {}
@@ -374,7 +245,7 @@ class _Copier:
                     missing[digest] = reached.descriptor.size
         return missing
 
-    def _copy_image(self, plan: _Plan) -> int:
+    def _copy_image(self, plan: CopyPlan) -> int:
         """Copies what the destination lacks of one image, children before parents; returns
         the bytes written. A damaged source blob undoes this image's new blobs."""
         new_blobs: list[tuple[str, int]] = []  # digest, size
@@ -468,15 +339,15 @@ class _Copier:
             cause = err.strerror or str(err)
             raise _SourceBlobError(reached, f"can't be read ({cause})") from err
 
-    def _fail_image(self, plan: _Plan, err: _SourceBlobError) -> None:
+    def _fail_image(self, plan: CopyPlan, err: _SourceBlobError) -> None:
         problem = f"blob {err.reached.descriptor.digest} ({err.reached.role}) {err.problem}"
-        message = _source_problem(plan.image.canonical, self.reader.cache_dir, problem)
+        message = source_problem(plan.image.canonical, self.reader.cache_dir, problem)
         log.error("%s", message)
-        outcome = _outcome(plan.image, FAILED, message, plan.essential)
+        outcome = image_outcome(plan.image, FAILED, message, plan.essential)
         self.report.outcomes.append(outcome)
         self.progress.finish_image(outcome)
 
-    def _stop(self, err: CacheError, plans: Sequence[_Plan]) -> None:
+    def _stop(self, err: CacheError, plans: Sequence[CopyPlan]) -> None:
         """The destination failed (full, read-only, I/O error): no other image can go there."""
         message = str(err)
         if _is_no_space(err):
@@ -489,7 +360,7 @@ class _Copier:
         self.report.error = message
         for number, plan in enumerate(plans):
             detail = message if number == 0 else "not copied: the destination failed"
-            self.report.outcomes.append(_outcome(plan.image, FAILED, detail, plan.essential))
+            self.report.outcomes.append(image_outcome(plan.image, FAILED, detail, plan.essential))
 
 
 # Helpers
@@ -513,7 +384,7 @@ def _is_same_directory(first: Path, second: Path) -> bool:
         return first.resolve() == second.resolve()
 
 
-def _distinct(plans: Sequence[_Plan]) -> dict[str, int]:
+def _distinct(plans: Sequence[CopyPlan]) -> dict[str, int]:
     return {b.descriptor.digest: b.descriptor.size for plan in plans for b in plan.blobs}
 
 
@@ -535,25 +406,5 @@ def _is_no_space(err: BaseException) -> bool:
     return isinstance(cause, OSError) and is_no_space(cause)
 
 
-def _source_problem(name: str, source_dir: Path, problem: str) -> str:
-    return (
-        f"couldn't copy {name} from the image cache {source_dir}: {problem}; "
-        f"check it with `forklift-boot cache verify --cache-dir {source_dir}`"
-    )
-
-
 def _union(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted({*first, *second}))
-
-
-def _outcome(
-    image: CachedImage, status: str, detail: str = "", essential: bool = True, new_bytes: int = 0
-) -> ImageOutcome:
-    return ImageOutcome(
-        name=image.canonical,
-        refs=image.refs or (image.canonical,),
-        status=status,
-        detail=detail,
-        essential=essential,
-        bytes_written=new_bytes,
-    )

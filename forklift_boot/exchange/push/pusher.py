@@ -1,5 +1,5 @@
-"""Pushing cached images to a registry, so that a fleet shares one copy: what each image needs
-on the registry, the order of its requests, and the report.
+"""Pushing cached images to a registry: the order of each image's requests, and what the run
+learns the registry has.
 
 An image's blobs go first (each once per repository: skipped when the registry has it,
 mounted when this run already put it in another repository, else uploaded), then the
@@ -14,26 +14,16 @@ manifest went in.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
-from forklift_boot.cache import (
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
-    CachedImage,
-    CacheReader,
-    Descriptor,
-    human_bytes,
-)
-from forklift_boot.cache.walk import ROLE_CONFIG, ROLE_LAYER, DocumentStash, walk_blobs
-from forklift_boot.errors import CacheError, ForkliftBootError, ImageRefError, RegistryError
+from forklift_boot.cache import CacheReader, Descriptor
+from forklift_boot.errors import CacheError, ForkliftBootError, RegistryError
+from forklift_boot.exchange.push.plan import CachedDocument, PushPlan, plan_push
+from forklift_boot.exchange.push.report import PUSHED, PushCounts, PushReport
 from forklift_boot.images import Wanted, missing_outcome
-from forklift_boot.refs import ImageRef, parse_image_ref
 from forklift_boot.report import (
     ALREADY_THERE,
     DEFAULT_JOBS,
@@ -41,190 +31,15 @@ from forklift_boot.report import (
     ImageOutcome,
     NoProgress,
     Progress,
-    RunReport,
 )
-from forklift_boot.stores.registry.client import (
-    RegistryAccessError,
-    RegistryClient,
-    RegistryConnectionError,
-)
-from forklift_boot.stores.registry.push import ManifestRefusedError, PushRepository, PushTarget
+from forklift_boot.stores.registry.client import RegistryClient
+from forklift_boot.stores.registry.push import ManifestRefusedError, PushRepository
+from forklift_boot.stores.registry.targets import PushTarget
+from forklift_boot.stores.registry.transport import RegistryAccessError, RegistryConnectionError
 
-__all__ = [
-    "PUSHED",
-    "PushCounts",
-    "PushPlan",
-    "PushReport",
-    "cached_as_wanted",
-    "plan_push",
-    "push_images",
-]
+__all__ = ["push_images"]
 
 log = logging.getLogger(__name__)
-
-PUSHED = "pushed"
-
-
-# The report
-
-
-@dataclass
-class PushCounts:
-    """What the run sent: blobs by how they got there, and the bytes of request bodies."""
-
-    uploaded: int = 0
-    mounted: int = 0  # linked from another repository of the registry: nothing sent
-    present: int = 0  # the repository had it already
-    manifests: int = 0
-    bytes_sent: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "blobs_uploaded": self.uploaded,
-            "blobs_mounted": self.mounted,
-            "blobs_already_there": self.present,
-            "manifests_pushed": self.manifests,
-            "bytes_sent": self.bytes_sent,
-        }
-
-
-@dataclass
-class PushReport(RunReport):
-    """What a push did, image by image, and what it sent."""
-
-    target: str  # host/prefix
-    counts: PushCounts = field(default_factory=PushCounts)
-    # Credentials the registry refused, or a registry that couldn't be reached: the run stopped
-    # there; the images done before it are recorded.
-    error: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.error is not None else super().exit_code
-
-    def headline(self) -> str:
-        """``pushed 4/5 images to host/prefix (1 already there); blobs: 7 uploaded, 3 mounted,
-        2 already there; 12.3 MiB sent, 1.2 s``."""
-        counts = self.counts
-        done = self.count(PUSHED, ALREADY_THERE)
-        return (
-            f"pushed {done}/{len(self.outcomes)} images to {self.target} "
-            f"({self.count(ALREADY_THERE)} already there); blobs: {counts.uploaded} uploaded, "
-            f"{counts.mounted} mounted, {counts.present} already there; "
-            f"{human_bytes(counts.bytes_sent)} sent, {self.seconds:.1f} s"
-        )
-
-    def json_fields(self) -> dict[str, Any]:
-        return {
-            "action": "push",
-            "target": self.target,
-            "error": self.error,
-            **self.counts.to_json(),
-        }
-
-    def image_json(self, outcome: ImageOutcome) -> dict[str, Any]:
-        # A push counts the bytes it sends per run (bytes_sent), not per image.
-        document = super().image_json(outcome)
-        del document["bytes_written"]
-        return document
-
-
-# Planning: what an image is in the cache
-
-
-@dataclass(frozen=True)
-class _Document:
-    """A manifest or index exactly as cached."""
-
-    descriptor: Descriptor
-    data: bytes
-
-    @property
-    def digest(self) -> str:
-        return self.descriptor.digest
-
-    @property
-    def is_index(self) -> bool:
-        return self.descriptor.media_type in INDEX_MEDIA_TYPES
-
-
-@dataclass(frozen=True)
-class PushPlan:
-    """One cache entry and where it goes."""
-
-    image: CachedImage
-    ref: ImageRef  # its canonical name, parsed
-    repository: str  # on the target registry
-    root: _Document  # what the entry points at
-    children: tuple[_Document, ...]  # the cached platform manifests of an index root
-    missing_children: tuple[Descriptor, ...]  # those the index lists and the cache lacks
-    blobs: tuple[Descriptor, ...]  # configs and layers, each once
-
-    @property
-    def size(self) -> int:
-        return sum(blob.size for blob in self.blobs)
-
-    def reduced_index(self) -> bytes | None:
-        """The root index with only the manifests the cache holds, for a registry that
-        refuses the whole one; None when nothing is missing or nothing is left."""
-        if not (self.root.is_index and self.missing_children and self.children):
-            return None
-        document = json.loads(self.root.data)
-        kept = {child.digest for child in self.children}
-        document["manifests"] = [m for m in document["manifests"] if m.get("digest") in kept]
-        return json.dumps(document, indent=2).encode()
-
-
-def plan_push(reader: CacheReader, image: CachedImage, target: PushTarget) -> PushPlan:
-    """What a cached image consists of, from one walk through its blobs; CacheError if part of
-    it is missing or damaged."""
-    try:
-        ref = parse_image_ref(image.canonical)
-    except ImageRefError as err:
-        raise CacheError(
-            f"couldn't push {image.canonical}: its cache entry's name is {err}"
-        ) from err
-    stash = DocumentStash(reader)
-    walk = walk_blobs(stash, image.descriptor)
-    problem = walk.image_problem()
-    if problem is not None:
-        raise CacheError(
-            f"couldn't read {image.canonical} from the image cache {reader.cache_dir}: {problem}"
-        )
-    descriptor = image.descriptor
-    if descriptor.digest not in stash.documents:
-        raise CacheError(
-            f"couldn't push {image.canonical}: its cache entry is a {descriptor.media_type}, not "
-            "an image manifest or index"
-        )
-    root = _Document(descriptor, stash.documents[descriptor.digest])
-    children: list[_Document] = []
-    missing: list[Descriptor] = []
-    if root.is_index:
-        # The walk checked the index; a platform it lacks was skipped, not read.
-        listed = stash.parsed[root.digest]["manifests"]
-        for number, item in enumerate(listed):
-            child = Descriptor.from_json(item, f"manifests[{number}]")
-            data = stash.documents.get(child.digest)
-            if child.media_type in MANIFEST_MEDIA_TYPES and data is not None:
-                children.append(_Document(child, data))
-            else:
-                missing.append(child)
-    # Configs and layers, each once; a non-distributable layer the cache lacks was left out:
-    # its own URLs serve it, never a registry.
-    blobs = [r.descriptor for r in walk.reached if r.role in (ROLE_CONFIG, ROLE_LAYER)]
-    return PushPlan(
-        image,
-        ref,
-        target.repository_for(ref),
-        root,
-        tuple(children),
-        tuple(missing),
-        tuple(blobs),
-    )
-
-
-# Pushing
 
 
 def push_images(
@@ -392,7 +207,7 @@ class _Pusher:
         )
 
     def _put_manifest(
-        self, repository: PushRepository, reference: str, document: _Document
+        self, repository: PushRepository, reference: str, document: CachedDocument
     ) -> None:
         repository.put_manifest(reference, document.data, document.descriptor.media_type)
         self._count_manifest(len(document.data))
@@ -475,19 +290,3 @@ class _Pusher:
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def cached_as_wanted(images: Sequence[CachedImage]) -> list[Wanted]:
-    """Every cached image, under its canonical name with the refs written for it."""
-    wanted = []
-    for image in images:
-        refs: list[ImageRef] = []
-        for text in image.refs or (image.canonical,):
-            try:
-                refs.append(parse_image_ref(text))
-            except ImageRefError:
-                log.warning("ignoring the ref %r of %s: it doesn't parse", text, image.canonical)
-        if not refs:
-            refs.append(parse_image_ref(image.canonical))
-        wanted.append(Wanted(image.canonical, tuple(refs), essential=True))
-    return wanted

@@ -1,4 +1,4 @@
-"""containerd as an image source and target, through ``ctr`` (the only module that runs it).
+"""``ctr``, the one way to containerd (the only module that runs it): images, content, names.
 
 Images are named as containerd's CRI and nerdctl resolve a ref as written: the canonical
 ``docker.io/library/name:tag`` for a tag ref, and ``name@sha256:...`` for a ref that pins a
@@ -10,30 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from forklift_boot.archive import ArchiveImage, import_oci_layout, write_load_archive
-from forklift_boot.archive.oci_layout import copied_from_layout, platform_object
-from forklift_boot.cache import (
-    BUFFER_SIZE,
-    INDEX_MEDIA_TYPES,
-    CacheReader,
-    CacheWriter,
-    Descriptor,
+from forklift_boot.cache import BUFFER_SIZE, INDEX_MEDIA_TYPES, Descriptor
+from forklift_boot.errors import CacheError, EngineError, EngineUnavailableError
+from forklift_boot.platforms import (
+    best_match,
+    parse_platform,
+    platform_object,
+    platform_of,
+    platform_text,
 )
-from forklift_boot.errors import CacheError, EngineError, EngineUnavailableError, ImageRefError
-from forklift_boot.images import ByteCounter, CopiedImage, LoadPlan, SourceImage, Wanted
-from forklift_boot.platforms import best_match, parse_platform, platform_of
-from forklift_boot.refs import ImageRef, parse_image_ref
-
-log = logging.getLogger(__name__)
+from forklift_boot.refs import ImageRef
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
@@ -233,7 +227,7 @@ class Ctr:
             size = len(self.content(descriptor.digest, ref=ref))
             descriptor = Descriptor(descriptor.media_type, descriptor.digest, size)
         config_document = self.content_json(config.digest, ref=ref)
-        found_platform = _config_platform(config_document)
+        found_platform = platform_text(platform_object(config_document))
         descriptor = Descriptor(
             descriptor.media_type,
             descriptor.digest,
@@ -241,191 +235,6 @@ class Ctr:
             platform=platform_object(config_document),
         )
         return ResolvedImage(descriptor, config, layers, found_platform)
-
-
-class ContainerdSource:
-    """Copies images out of containerd with one ``ctr images export`` stream, blobs unchanged."""
-
-    def __init__(self, ctr: Ctr, platform: str, *, all_platforms: bool = False) -> None:
-        self.ctr = ctr
-        self.platform = platform
-        self.all_platforms = all_platforms
-        self.description = ctr.where
-        self._record_names: dict[str, str] = {}  # canonical -> the containerd name found
-
-    def find(self, wanted: Wanted) -> SourceImage | None:
-        try:
-            records = self.ctr.images()
-        except EngineError as err:
-            raise type(err)(f"{err} (looking for {', '.join(wanted.written)})") from err
-        for ref in wanted.refs:
-            record = records.get(containerd_name(ref)) or _by_repository_digest(records, ref)
-            if record is None:
-                continue
-            resolved = self.ctr.resolve_record(record, self.platform)
-            self._record_names[wanted.canonical] = record.name
-            size = resolved.manifest.size + resolved.config.size
-            size += sum(layer.size for layer in resolved.layers)
-            return SourceImage(
-                wanted=wanted,
-                image_id=resolved.config.digest,
-                registry_digest=ref.digest or record.digest,
-                platform=resolved.platform,
-                size=size,
-            )
-        return None
-
-    def copy(
-        self,
-        images: Sequence[SourceImage],
-        writer: CacheWriter,
-        *,
-        compress: str,
-        known_layers: Mapping[str, Descriptor],
-        on_bytes: ByteCounter,
-    ) -> dict[str, CopiedImage]:
-        # Registry blobs are kept as they are: compress and known_layers do not apply.
-        names = sorted({self._record_names[image.wanted.canonical] for image in images})
-        platform_args = ["--all-platforms"] if self.all_platforms else ["--platform", self.platform]
-        about = ", ".join(names)
-        layout = import_oci_layout(
-            self.ctr.stream_out(["images", "export", *platform_args, "-", *names], ref=about),
-            writer,
-            what=self.ctr.where,
-            on_bytes=on_bytes,
-        )
-        copied: dict[str, CopiedImage] = {}
-        credited: set[str] = set()
-        for image in images:
-            name = self._record_names[image.wanted.canonical]
-            descriptor = layout.names.get(name)
-            if descriptor is None:
-                raise EngineError(f"{self.ctr.where}: ctr images export left out {name}")
-            copied[image.wanted.canonical] = copied_from_layout(
-                writer, layout, descriptor, platform=self.platform, name=name, credited=credited
-            )
-            copied.setdefault(image.image_id, copied[image.wanted.canonical])
-        return copied
-
-
-class ContainerdTarget:
-    """Loads cached images into containerd, named as its CRI and nerdctl resolve refs."""
-
-    def __init__(self, ctr: Ctr, platform: str) -> None:
-        self.ctr = ctr
-        self.platform = platform
-        self.description = ctr.where
-        self._loaded_layers: set[str] = set()  # layer blobs this run's imports put in
-
-    def resolve(self, ref: str) -> str | None:
-        try:
-            parsed = parse_image_ref(ref)
-        except ImageRefError:
-            return None
-        record = self.ctr.images().get(containerd_name(parsed))
-        if record is None:
-            return None
-        return self.ctr.resolve_record(record, self.platform).config.digest
-
-    def identity(self, plan: LoadPlan, ref: ImageRef | None = None) -> str:
-        return plan.image_id
-
-    def has_image(self, image_id: str) -> bool:
-        for record in self.ctr.images().values():
-            try:
-                if self.ctr.resolve_record(record, self.platform).config.digest == image_id:
-                    return True
-            except EngineError:
-                continue  # another platform only, or incomplete content: not this image
-        return False
-
-    def ensure_space(self, plans: Sequence[LoadPlan]) -> None:
-        """containerd's root is not known from its socket: nothing to check here."""
-
-    def load(
-        self, reader: CacheReader, plan: LoadPlan, *, thin: bool, on_bytes: ByteCounter
-    ) -> None:
-        names = names_for(plan.wanted.refs)
-        image = ArchiveImage(
-            manifest=plan.manifest,
-            config=plan.config,
-            layers=plan.layers,
-            repo_tags=(),
-            names=dict.fromkeys(names, plan.manifest),
-        )
-        # containerd keeps the blobs an image names: a layer this run already sent is not
-        # sent again (ctr import takes it from the content store).
-        omit = frozenset(
-            self._loaded_layers & {layer.digest for layer in plan.layers} if thin else ()
-        )
-        argv = ["images", "import", "--platform", self.platform, "-"]
-        try:
-            self.ctr.stream_in(
-                argv,
-                write_load_archive(reader, [image], omit_layers=omit, on_bytes=on_bytes),
-                ref=", ".join(names),
-            )
-        except EngineError as err:
-            if not omit:
-                raise
-            log.warning("thin import of %s failed (%s); sending every layer", names[0], err)
-            self.ctr.stream_in(
-                argv, write_load_archive(reader, [image], on_bytes=on_bytes), ref=", ".join(names)
-            )
-        if not self.has_image(plan.image_id):
-            raise EngineError(
-                f"{self.ctr.where}: ctr images import accepted {plan.wanted.canonical} "
-                "but does not list it"
-            )
-        self._loaded_layers.update(layer.digest for layer in plan.layers)
-
-    def make_resolvable(
-        self, pending: Sequence[tuple[LoadPlan, ImageRef]], *, record_digests: bool
-    ) -> dict[str, str]:
-        """Adds missing names with ``ctr images tag`` (digest names too: they cost nothing)."""
-        reasons: dict[str, str] = {}
-        for plan, ref in pending:
-            records = self.ctr.images()
-            source = next(
-                (
-                    record.name
-                    for record in sorted(records.values(), key=lambda r: r.name)
-                    if record.digest == plan.manifest.digest
-                ),
-                None,
-            )
-            if source is None:
-                reasons[ref.written] = f"{self.ctr.where} has no image of {plan.manifest.digest}"
-                continue
-            try:
-                self.ctr.run(
-                    "images", "tag", "--force", source, containerd_name(ref), ref=ref.written
-                )
-            except EngineError as err:
-                reasons[ref.written] = str(err)
-        return reasons
-
-
-def _by_repository_digest(records: Mapping[str, ImageRecord], ref: ImageRef) -> ImageRecord | None:
-    """For a digest ref: any record of the same repository that points at that digest."""
-    if ref.digest is None:
-        return None
-    for record in sorted(records.values(), key=lambda r: r.name):
-        if record.digest != ref.digest:
-            continue
-        try:
-            parsed = parse_image_ref(record.name)
-        except ImageRefError:
-            continue  # CRI's sha256:<config> names
-        if parsed.name == ref.name:
-            return record
-    return None
-
-
-def _config_platform(config: Mapping[str, Any]) -> str:
-    platform = platform_object(config)
-    text = f"{platform['os']}/{platform['architecture']}"
-    return f"{text}/{platform['variant']}" if "variant" in platform else text
 
 
 def _read_all(file: IO[bytes]) -> bytes:

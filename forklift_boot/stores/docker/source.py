@@ -1,0 +1,145 @@
+"""Docker as an image source: copies images out with one ``docker save`` stream."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from forklift_boot.archive.docker_save import import_docker_save
+from forklift_boot.archive.oci_layout import (
+    copied_from_layout,
+    drop_other_platforms,
+    import_oci_layout,
+)
+from forklift_boot.cache import CacheWriter, Descriptor
+from forklift_boot.errors import EngineError, ImageRefError
+from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
+from forklift_boot.platforms import platform_object
+from forklift_boot.refs import ImageRef, parse_image_ref
+from forklift_boot.stores.docker.engine import DockerEngine, ImageInfo
+
+
+class DockerSource:
+    """Copies images out of a Docker daemon with one ``docker save`` stream.
+
+    From the classic store the stream holds layer tars (compressed here, as asked); from the
+    containerd image store, the registry's own manifests and compressed blobs, kept as they are.
+    """
+
+    def __init__(self, engine: DockerEngine, *, all_platforms: bool = False) -> None:
+        self.engine = engine
+        self.all_platforms = all_platforms  # the containerd image store may hold several
+        self.description = f"Docker at {engine.base_url}"
+        self._found_as: dict[str, str] = {}  # canonical name -> the ref Docker resolved
+        self._is_containerd_store: bool | None = None
+
+    @property
+    def is_containerd_store(self) -> bool:
+        if self._is_containerd_store is None:
+            self._is_containerd_store = self.engine.info().is_containerd_store
+        return self._is_containerd_store
+
+    def find(self, wanted: Wanted) -> SourceImage | None:
+        for ref in wanted.refs:
+            info = self.engine.inspect_image(ref.written)
+            if info is not None:
+                self._found_as[wanted.canonical] = ref.written
+                return SourceImage(
+                    wanted=wanted,
+                    image_id=info.image_id,
+                    registry_digest=ref.digest or _registry_digest(info, ref),
+                    platform=info.platform,
+                    size=info.size,
+                )
+        return None
+
+    def copy(
+        self,
+        images: Sequence[SourceImage],
+        writer: CacheWriter,
+        *,
+        compress: str,
+        known_layers: Mapping[str, Descriptor],
+        on_bytes: ByteCounter,
+    ) -> dict[str, CopiedImage]:
+        if self.is_containerd_store:
+            return self._copy_layout(images, writer, on_bytes)
+        # By image ID: one name per image, and the saved manifest.json needs no tags.
+        image_ids = sorted({image.image_id for image in images})
+        imported = import_docker_save(
+            self.engine.save(image_ids),
+            writer,
+            compress=compress,
+            known_layers=known_layers,
+            on_bytes=on_bytes,
+        )
+        by_id = {image.image_id: image for image in imported}
+        missing = [image_id for image_id in image_ids if image_id not in by_id]
+        if missing:
+            raise EngineError(f"Docker's export left out {', '.join(missing)}")
+        return {
+            image_id: CopiedImage(
+                manifest=_with_platform(image.manifest, image.config),
+                new_bytes=image.new_layer_bytes,
+            )
+            for image_id, image in by_id.items()
+        }
+
+    def _copy_layout(
+        self, images: Sequence[SourceImage], writer: CacheWriter, on_bytes: ByteCounter
+    ) -> dict[str, CopiedImage]:
+        """The containerd image store saves an OCI layout of what it pulled: blobs unchanged
+        (compress and known_layers do not apply). Saved by the refs that found them: an image
+        asked for by ID alone has no name in the stream, and entries are matched by digest."""
+        names = sorted({self._found_as[image.wanted.canonical] for image in images})
+        layout = import_oci_layout(
+            self.engine.save(names), writer, what=self.description, on_bytes=on_bytes
+        )
+        # Docker's image ID in this store is the digest of the manifest or index it names.
+        descriptors: dict[str, Descriptor] = {}
+        for image in images:
+            descriptor = layout.by_digest.get(image.image_id)
+            if descriptor is None:
+                raise EngineError(
+                    f"Docker's export of {self._found_as[image.wanted.canonical]} left out "
+                    f"{image.image_id}"
+                )
+            descriptors[image.wanted.canonical] = descriptor
+        if not self.all_platforms:
+            # Docker saves every platform it has pulled (API 1.45 has no platform filter).
+            drop_other_platforms(
+                writer,
+                layout,
+                [(descriptors[image.wanted.canonical], image.platform) for image in images],
+            )
+        copied: dict[str, CopiedImage] = {}
+        credited: set[str] = set()
+        for image in images:
+            descriptor = descriptors[image.wanted.canonical]
+            copied[image.wanted.canonical] = copied_from_layout(
+                writer,
+                layout,
+                descriptor,
+                platform=image.platform,
+                name=image.wanted.canonical,
+                credited=credited,
+            )
+            copied.setdefault(image.image_id, copied[image.wanted.canonical])
+        return copied
+
+
+def _registry_digest(info: ImageInfo, ref: ImageRef) -> str | None:
+    """The digest Docker recorded for the ref's repository when it pulled the image."""
+    for repo_digest in info.repo_digests:
+        try:
+            parsed = parse_image_ref(repo_digest)
+        except ImageRefError:
+            continue
+        if parsed.name == ref.name and parsed.digest:
+            return parsed.digest
+    return None
+
+
+def _with_platform(manifest: Descriptor, config: Mapping[str, object]) -> Descriptor:
+    return Descriptor(
+        manifest.media_type, manifest.digest, manifest.size, platform=platform_object(config)
+    )
