@@ -12,6 +12,7 @@ from forklift_boot.cache.durable import (
     make_directories,
     write_file_atomically,
 )
+from forklift_boot.cache.files import read_small_file
 from forklift_boot.cache.index import INDEX_FILE, IndexDocument, write_index
 from forklift_boot.errors import CacheError
 
@@ -32,6 +33,8 @@ _LAYOUT_VERSION = "1.0.0"
 # Byte for byte what skopeo and containerd write.
 _LAYOUT_CONTENT = json.dumps({"imageLayoutVersion": _LAYOUT_VERSION}).encode()
 _TOP_LEVEL_FILES = (INDEX_FILE, OCI_LAYOUT_FILE)
+# oci-layout holds one short field; a cache from a stick might hold a file of any size there.
+_MAX_LAYOUT_SIZE = 64 << 10
 
 
 def blobs_dir(cache_dir: Path) -> Path:
@@ -60,11 +63,11 @@ def layout_problem(cache_dir: Path) -> str | None:
     """What is wrong with ``<cache_dir>/oci-layout``, or None."""
     path = cache_dir / OCI_LAYOUT_FILE
     try:
-        layout = json.loads(path.read_bytes())
+        layout = json.loads(read_small_file(path, _MAX_LAYOUT_SIZE, OCI_LAYOUT_FILE))
     except FileNotFoundError:
         return f"{OCI_LAYOUT_FILE} is missing"
-    except OSError as err:
-        return str(cache_os_error("read", path, err))
+    except CacheError as err:
+        return str(err)
     except ValueError as err:
         return f"{OCI_LAYOUT_FILE} isn't valid JSON ({err})"
     version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None

@@ -6,12 +6,14 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from forklift_boot.cache.durable import cache_os_error
+from forklift_boot.cache.files import NotRegularFileError, kind_of
 from forklift_boot.errors import CacheError
 
 __all__ = ["hold_lock"]
@@ -44,10 +46,28 @@ def hold_lock(lock_path: Path, *, exclusive: bool, timeout: float) -> Iterator[N
 
 
 def _open_lock_file(lock_path: Path, *, exclusive: bool) -> int | None:
-    flags = os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = _open_lock_descriptor(lock_path, exclusive=exclusive)
+    if fd is None:
+        return None
+    try:
+        found = os.fstat(fd)
+    except OSError as err:
+        os.close(fd)
+        raise cache_os_error("open the lock file", lock_path, err) from err
+    if not stat.S_ISREG(found.st_mode):
+        # A pipe or a device from a foreign cache: never wait on it or lock through it.
+        os.close(fd)
+        raise NotRegularFileError(lock_path, kind_of(found.st_mode))
+    return fd
+
+
+def _open_lock_descriptor(lock_path: Path, *, exclusive: bool) -> int | None:
+    # No link followed, no wait for a pipe's writer.
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         return os.open(lock_path, flags | os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
+        _refuse_link(lock_path, err)
         if exclusive or err.errno not in _CANNOT_CREATE_ERRNOS:
             raise cache_os_error("open the lock file", lock_path, err) from err
     try:
@@ -56,7 +76,13 @@ def _open_lock_file(lock_path: Path, *, exclusive: bool) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as err:
+        _refuse_link(lock_path, err)
         raise cache_os_error("open the lock file", lock_path, err) from err
+
+
+def _refuse_link(lock_path: Path, err: OSError) -> None:
+    if err.errno == errno.ELOOP:
+        raise NotRegularFileError(lock_path, "a symbolic link") from err
 
 
 def _acquire(fd: int, lock_path: Path, *, exclusive: bool, timeout: float) -> None:

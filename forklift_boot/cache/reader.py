@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from forklift_boot.cache.blobs import DamagedBlobError, digest_hex, open_verified
+from forklift_boot.cache.blobs import DamagedBlobError, digest_hex, open_blob_file, open_verified
 from forklift_boot.cache.descriptors import CachedImage, Descriptor
-from forklift_boot.cache.durable import cache_os_error
+from forklift_boot.cache.files import kind_of, lstat_or_none
 from forklift_boot.cache.index import IndexDocument, read_index
 from forklift_boot.cache.layout import blobs_dir
 from forklift_boot.cache.verify import verify_cache
@@ -73,18 +76,25 @@ class CacheReader:
         return self._blobs_dir / digest_hex(digest)
 
     def has_blob(self, digest: str) -> bool:
+        """Whether the blob is there; DamagedBlobError if its name is taken by anything but a
+        regular file (a link is never followed: it could lead out of the cache)."""
         self._check_open()
-        return self.blob_path(digest).is_file()
+        return self._blob_stat(digest) is not None
 
     def blob_size(self, digest: str) -> int:
         self._check_open()
-        path = self.blob_path(digest)
-        try:
-            return path.stat().st_size
-        except FileNotFoundError as err:
-            raise DamagedBlobError(digest, "is missing", self.cache_dir) from err
-        except OSError as err:
-            raise cache_os_error("read", path, err) from err
+        found = self._blob_stat(digest)
+        if found is None:
+            raise DamagedBlobError(digest, "is missing", self.cache_dir)
+        return found.st_size
+
+    def _blob_stat(self, digest: str) -> os.stat_result | None:
+        found = lstat_or_none(self.blob_path(digest))
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            raise DamagedBlobError(
+                digest, f"is {kind_of(found.st_mode)}, not a regular file", self.cache_dir
+            )
+        return found
 
     def open_blob(
         self, digest: str, *, verify: bool = True, expected_size: int | None = None
@@ -99,12 +109,7 @@ class CacheReader:
         path = self.blob_path(digest)
         if verify:
             return open_verified(path, digest, expected_size, self.cache_dir)
-        try:
-            return path.open("rb")
-        except FileNotFoundError as err:
-            raise DamagedBlobError(digest, "is missing", self.cache_dir) from err
-        except OSError as err:
-            raise cache_os_error("open", path, err) from err
+        return io.BufferedReader(open_blob_file(path, digest, self.cache_dir))
 
     def read_json(self, digest: str, *, expected_size: int | None = None) -> Any:
         """A manifest, index or config blob, parsed after its digest has been checked."""

@@ -1,0 +1,309 @@
+"""Hostile caches (issue 14): a USB stick or a foreign cache built to hang, exhaust memory, read
+or write outside itself, or crash forklift-boot with a traceback.
+
+Every hostile file is built here. Each command runs in a child process under a timeout and an
+address-space limit (hang and memory guards, generous against what the commands need), and
+each test checks the bounded outcome: the exit code, exactly one error line and no traceback,
+and that nothing around the cache changed (marker files and their checksums).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import forklift_boot
+from forklift_boot.cache import (
+    MEDIA_OCI_CONFIG,
+    MEDIA_OCI_LAYER,
+    MEDIA_OCI_MANIFEST,
+    CachedImage,
+    ImageCache,
+    build_oci_manifest,
+)
+
+PROJECT_DIR = Path(forklift_boot.__file__).resolve().parents[1]
+# Hang guard: these commands finish in about a second.
+TIMEOUT_SECONDS = 60
+# Memory guard: the interpreter and a command take well under 200 MiB.
+ADDRESS_SPACE = 1 << 30
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("Error: ")]
+
+
+def forklift(*argv: str, home: Path) -> Result:
+    """forklift-boot in a child under the guards; a hang fails the test (TimeoutExpired)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "PYTHONPATH": str(PROJECT_DIR),
+        # No Docker: load-img reads the cache before it needs one.
+        "DOCKER_HOST": f"unix://{home}/no-docker.sock",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "forklift_boot", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        preexec_fn=limit,
+        check=False,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def assert_one_error(result: Result, *fragments: str, code: int = 1) -> str:
+    """The command failed with ``code`` and exactly one error line holding ``fragments``."""
+    assert "Traceback" not in result.err, result.err
+    assert "MemoryError" not in result.err, result.err
+    lines = result.error_lines()
+    assert len(lines) == 1, result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert result.code == code, result.err
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every entry under ``directory`` (links not followed): a link's target, a file's hash."""
+    found: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        name = str(path.relative_to(directory))
+        if path.is_symlink():
+            found[name] = "-> " + os.readlink(path)
+        elif path.is_file():
+            found[name] = sha256(path.read_bytes())
+        elif path.is_dir():
+            found[name] = "dir"
+        else:
+            found[name] = "special"
+    return found
+
+
+@dataclass(frozen=True)
+class Image:
+    canonical: str
+    manifest: str
+    config: str
+    layer: str
+
+
+def write_image(cache_dir: Path, name: str, layer: bytes) -> Image:
+    """A one-layer image written with the cache's own writer."""
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": [sha256(layer)]}}
+    ).encode()
+    with ImageCache(cache_dir).writing() as writer:
+        layer_descriptor = writer.write_blob(layer, MEDIA_OCI_LAYER)
+        config_descriptor = writer.write_blob(config, MEDIA_OCI_CONFIG)
+        manifest = build_oci_manifest(config_descriptor, [layer_descriptor])
+        descriptor = writer.write_blob(manifest, MEDIA_OCI_MANIFEST)
+        writer.put_images([CachedImage(name, (name,), descriptor, platform="linux/amd64")])
+    return Image(name, sha256(manifest), sha256(config), sha256(layer))
+
+
+def blob_path(cache_dir: Path, digest: str) -> Path:
+    return cache_dir / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+@pytest.fixture
+def stick(tmp_path: Path) -> Path:
+    """A cache on a "USB stick" with one good image, and marker files beside it."""
+    cache_dir = tmp_path / "stick" / "images"
+    write_image(cache_dir, "docker.io/library/good:1", b"good layer")
+    (tmp_path / "stick" / "marker").write_text("beside the cache\n")
+    return cache_dir
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Path:
+    """The device's own cache, with one image."""
+    cache_dir = tmp_path / "device"
+    write_image(cache_dir, "docker.io/library/own:1", b"own layer")
+    return cache_dir
+
+
+# --- item 5: index.json and oci-layout that are no regular files, or too large ------------
+
+
+def replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def replace_with_link(path: Path, target: str) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
+HOSTILE_TOP_LEVEL_FILES = [
+    pytest.param("index.json", "fifo", "a named pipe (FIFO)", id="index-fifo"),
+    pytest.param("index.json", "/dev/zero", "a symbolic link", id="index-dev-zero"),
+    pytest.param("index.json", "/dev/urandom", "a symbolic link", id="index-dev-urandom"),
+    pytest.param("oci-layout", "fifo", "a named pipe (FIFO)", id="layout-fifo"),
+    pytest.param("oci-layout", "/dev/zero", "a symbolic link", id="layout-dev-zero"),
+    pytest.param(".lock", "fifo", "a named pipe (FIFO)", id="lock-fifo"),
+    pytest.param(".lock", "/dev/null", "a symbolic link", id="lock-dev-null"),
+]
+
+
+def make_hostile(stick: Path, name: str, how: str) -> None:
+    if how == "fifo":
+        replace_with_fifo(stick / name)
+    else:
+        replace_with_link(stick / name, how)
+
+
+@pytest.mark.parametrize(("name", "how", "kind"), HOSTILE_TOP_LEVEL_FILES)
+def test_merge_from_a_stick_with_a_hostile_top_level_file(
+    tmp_path: Path, stick: Path, device: Path, *, name: str, how: str, kind: str
+) -> None:
+    make_hostile(stick, name, how)
+    around = snapshot(tmp_path)
+    result = forklift("--cache-dir", str(device), "cache", "merge", str(stick), home=tmp_path)
+    assert_one_error(result, f"{stick / name}", f"is {kind}, not a regular file")
+    assert snapshot(tmp_path) == around
+
+
+@pytest.mark.parametrize(("name", "how", "kind"), HOSTILE_TOP_LEVEL_FILES)
+@pytest.mark.parametrize("command", [["cache", "ls-img"], ["load-img", "--all-cached"]])
+def test_reading_a_stick_with_a_hostile_top_level_file(
+    tmp_path: Path, stick: Path, *, name: str, how: str, kind: str, command: list[str]
+) -> None:
+    make_hostile(stick, name, how)
+    around = snapshot(tmp_path)
+    result = forklift("--cache-dir", str(stick), *command, home=tmp_path)
+    if name == "oci-layout":
+        # Readers read index.json and blobs only: the layout file is not opened. load-img
+        # goes on to Docker, which is not there.
+        if command[0] == "cache":
+            assert (result.code, result.error_lines()) == (0, []), result.err
+        else:
+            assert_one_error(result, "couldn't reach Docker")
+    else:
+        assert_one_error(result, f"{stick / name}", f"is {kind}, not a regular file")
+    assert snapshot(tmp_path) == around
+
+
+@pytest.mark.parametrize(("name", "how", "kind"), HOSTILE_TOP_LEVEL_FILES[:5])
+def test_verify_reports_a_hostile_top_level_file(
+    tmp_path: Path, stick: Path, name: str, how: str, kind: str
+) -> None:
+    make_hostile(stick, name, how)
+    result = forklift("--cache-dir", str(stick), "cache", "verify", home=tmp_path)
+    assert "Traceback" not in result.err, result.err
+    assert result.code == 1, result.err
+    assert f"couldn't read {stick / name}: it is {kind}, not a regular file" in result.out
+
+
+def test_an_oversized_index_is_refused_before_it_is_read(tmp_path: Path, stick: Path) -> None:
+    """126 MB of index.json took 573 MB to parse; the cap is 16 MiB."""
+    index = stick / "index.json"
+    document = json.loads(index.read_bytes())
+    padding = {"schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST, "size": 1}
+    document["manifests"] += [
+        {**padding, "digest": f"sha256:{n:064x}"} for n in range((17 << 20) // 100)
+    ]
+    index.write_text(json.dumps(document))
+    assert index.stat().st_size > 16 << 20
+    for argv in (["cache", "ls-img"], ["cache", "verify"]):
+        result = forklift("--cache-dir", str(stick), *argv, home=tmp_path)
+        if argv[1] == "verify":
+            assert result.code == 1, result.err
+            assert "index.json: it is larger than 16 MiB" in result.out
+            assert "Traceback" not in result.err
+        else:
+            assert_one_error(result, f"{index}: it is larger than 16 MiB")
+
+
+def test_an_index_at_the_cap_is_read(tmp_path: Path, stick: Path) -> None:
+    """The cap refuses only what is larger: padding up to it still lists the image."""
+    index = stick / "index.json"
+    data = index.read_bytes().rstrip()
+    index.write_bytes(data + b" " * ((16 << 20) - len(data)))
+    result = forklift("--cache-dir", str(stick), "cache", "ls-img", home=tmp_path)
+    assert (result.code, result.error_lines()) == (0, []), result.err
+    assert "docker.io/library/good:1" in result.out
+
+
+# --- item 13: blobs that are links, pipes or devices are never opened ----------------------
+
+
+def test_a_layer_linked_to_a_secret_is_not_read_and_nothing_of_it_is_said(
+    tmp_path: Path, device: Path
+) -> None:
+    stick = tmp_path / "stick" / "images"
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret-hash:19000:0:99999:7:::\n")
+    claimed = b"what the manifest claims"
+    image = write_image(stick, "docker.io/library/evil:1", claimed)
+    good = write_image(stick, "docker.io/library/good:1", b"good layer")
+    layer = blob_path(stick, image.layer)
+    layer.unlink()
+    layer.symlink_to(secret)
+    around = snapshot(tmp_path)
+    os.utime(secret, (0, 0))  # relatime updates an access time older than the change time
+    result = forklift(
+        "--cache-dir", str(device), "cache", "merge", str(stick), "--json", home=tmp_path
+    )
+    assert secret.stat().st_atime == 0  # the secret was not even opened
+    assert "Traceback" not in result.err, result.err
+    assert result.code == 3, result.err
+    line = assert_one_error(result, image.layer, "is a symbolic link, not a regular file", code=3)
+    # Neither the secret's hash nor its size is told.
+    assert sha256(secret.read_bytes()) not in result.err + result.out
+    assert str(len(secret.read_bytes())) not in line
+    report = json.loads(result.out)
+    statuses = {outcome["name"]: outcome["status"] for outcome in report["images"]}
+    assert statuses == {image.canonical: "failed", good.canonical: "copied"}
+    assert not blob_path(device, image.layer).exists()
+    assert blob_path(device, good.layer).read_bytes() == b"good layer"
+    assert outside_device(snapshot(tmp_path)) == outside_device(around)
+
+
+def outside_device(found: dict[str, str]) -> dict[str, str]:
+    """What merge must not change: everything but the device's cache."""
+    return {name: value for name, value in found.items() if not name.startswith("device")}
+
+
+@pytest.mark.parametrize("how", ["fifo", "/dev/zero"])
+def test_a_manifest_blob_that_is_a_pipe_or_a_device_link_fails_its_image_only(
+    tmp_path: Path, stick: Path, device: Path, how: str
+) -> None:
+    image = write_image(stick, "docker.io/library/evil:1", b"evil layer")
+    path = blob_path(stick, image.manifest)
+    if how == "fifo":
+        replace_with_fifo(path)
+    else:
+        replace_with_link(path, how)
+    result = forklift("--cache-dir", str(device), "cache", "merge", str(stick), home=tmp_path)
+    kind = "a named pipe (FIFO)" if how == "fifo" else "a symbolic link"
+    assert_one_error(result, image.canonical, f"is {kind}, not a regular file", code=3)
+    result = forklift("--cache-dir", str(stick), "cache", "verify", home=tmp_path)
+    assert result.code == 1, result.err
+    assert f"blob {image.manifest} (manifest of {image.canonical}) is {kind}" in result.out
+    assert "Traceback" not in result.err
