@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 from forklift_boot.cache.durable import (
@@ -12,7 +13,7 @@ from forklift_boot.cache.durable import (
     make_directories,
     write_file_atomically,
 )
-from forklift_boot.cache.files import read_small_file
+from forklift_boot.cache.files import FOREIGN_HINT, kind_of, lstat_or_none, read_small_file
 from forklift_boot.cache.index import INDEX_FILE, IndexDocument, write_index
 from forklift_boot.errors import CacheError
 
@@ -20,6 +21,7 @@ __all__ = [
     "LOCK_FILE",
     "OCI_LAYOUT_FILE",
     "blobs_dir",
+    "check_directories",
     "create_layout",
     "find_temporaries",
     "layout_problem",
@@ -41,9 +43,28 @@ def blobs_dir(cache_dir: Path) -> Path:
     return cache_dir / "blobs" / "sha256"
 
 
+def check_directories(cache_dir: Path) -> None:
+    """Refuse a layout whose ``blobs`` or ``blobs/sha256`` is a link or no directory.
+
+    Blobs are written, read and deleted through these directories, so a link there (a stick
+    pointing it at the device's own cache) would lead every one of those out of the cache.
+    The cache directory itself may be a link: an administrator's choice, not the layout's.
+    """
+    for path in (cache_dir / "blobs", blobs_dir(cache_dir)):
+        found = lstat_or_none(path)
+        if found is None:
+            return
+        if not stat.S_ISDIR(found.st_mode):
+            raise CacheError(
+                f"couldn't use {cache_dir} as the image cache: {path.relative_to(cache_dir)}"
+                f" is {kind_of(found.st_mode)}, not a directory; {FOREIGN_HINT}"
+            )
+
+
 def create_layout(cache_dir: Path) -> None:
     """Create whatever part of the layout is missing; refuse a directory that isn't one."""
     make_directories(cache_dir)
+    check_directories(cache_dir)
     layout_path = cache_dir / OCI_LAYOUT_FILE
     if layout_path.exists():
         problem = layout_problem(cache_dir)
@@ -96,6 +117,7 @@ def find_temporaries(cache_dir: Path) -> list[Path]:
 
 def sweep_temporaries(cache_dir: Path) -> int:
     """Delete leftover temporaries; only safe under the exclusive lock. Returns their number."""
+    check_directories(cache_dir)  # never delete through a link
     temporaries = find_temporaries(cache_dir)
     for path in temporaries:
         try:

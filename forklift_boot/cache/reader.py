@@ -14,7 +14,7 @@ from forklift_boot.cache.blobs import DamagedBlobError, digest_hex, open_blob_fi
 from forklift_boot.cache.descriptors import CachedImage, Descriptor
 from forklift_boot.cache.files import kind_of, lstat_or_none
 from forklift_boot.cache.index import IndexDocument, read_index
-from forklift_boot.cache.layout import blobs_dir
+from forklift_boot.cache.layout import blobs_dir, check_directories
 from forklift_boot.cache.verify import verify_cache
 from forklift_boot.cache.walk import walk_blobs
 from forklift_boot.errors import CacheError
@@ -31,6 +31,7 @@ class CacheReader:
     """A view of the cache while ImageCache holds its lock; unusable once the lock is released."""
 
     def __init__(self, cache_dir: Path) -> None:
+        check_directories(cache_dir)
         self.cache_dir = cache_dir
         self._blobs_dir = blobs_dir(cache_dir)
         self._is_open = True

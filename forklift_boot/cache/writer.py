@@ -13,7 +13,9 @@ from forklift_boot.cache.blob_writer import BlobWriter
 from forklift_boot.cache.blobs import hash_file
 from forklift_boot.cache.descriptors import CachedImage, Descriptor
 from forklift_boot.cache.durable import cache_os_error, fsync_directory
+from forklift_boot.cache.files import NotRegularFileError
 from forklift_boot.cache.index import entry_names, write_index
+from forklift_boot.cache.layout import check_directories
 from forklift_boot.cache.reader import CacheReader
 from forklift_boot.cache.walk import BlobWalk, walk_blobs
 from forklift_boot.errors import CacheError
@@ -78,6 +80,7 @@ class CacheWriter(CacheReader):
 
     def remove_blobs(self, digests: Sequence[str]) -> None:
         """Delete these blobs, which the caller knows no entry needs (e.g. just written)."""
+        check_directories(self.cache_dir)  # never delete through a link
         for digest in digests:
             path = self.blob_path(digest)
             try:
@@ -94,6 +97,7 @@ class CacheWriter(CacheReader):
         damaged manifest), nothing is deleted: its layers might be the ones still needed.
         """
         reachable = self._reachable_digests()
+        check_directories(self.cache_dir)  # never delete through a link
         freed = 0
         removed = 0
         for path in self._blob_files():
@@ -116,6 +120,7 @@ class CacheWriter(CacheReader):
 
         The entries stay, so the next cache-img fetches those blobs again.
         """
+        check_directories(self.cache_dir)  # never delete through a link
         removed: list[str] = []
         checked: set[str] = set()
         for _, walk in self._walk_entries(skip_invalid=True):
@@ -129,7 +134,10 @@ class CacheWriter(CacheReader):
                     path = self.blob_path(digest)
                 except CacheError:
                     continue  # an unsupported digest names no blob of ours
-                actual, _ = hash_file(path)
+                try:
+                    actual, _ = hash_file(path)
+                except NotRegularFileError:
+                    actual = None  # a link in place of a blob: removed, never followed
                 if actual != digest:
                     try:
                         path.unlink()

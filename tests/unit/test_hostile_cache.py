@@ -307,3 +307,128 @@ def test_a_manifest_blob_that_is_a_pipe_or_a_device_link_fails_its_image_only(
     assert result.code == 1, result.err
     assert f"blob {image.manifest} (manifest of {image.canonical}) is {kind}" in result.out
     assert "Traceback" not in result.err
+
+
+# --- item 6: links inside the layout lead nothing out of it -------------------------------
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Path:
+    """A directory outside every cache, with a file named like a blob (the device's cache,
+    say), which no command may write to or delete from."""
+    directory = tmp_path / "elsewhere"
+    directory.mkdir()
+    (directory / ("ab" * 32)).write_bytes(b"a blob of the device's own cache")
+    (directory / "marker").write_text("outside\n")
+    return directory
+
+
+@pytest.mark.parametrize("linked", ["blobs", "blobs/sha256"])
+def test_copy_to_a_stick_whose_blobs_directory_is_a_link(
+    tmp_path: Path, device: Path, elsewhere: Path, linked: str
+) -> None:
+    stick = tmp_path / "stick" / "images"
+    write_image(stick, "docker.io/library/good:1", b"good layer")
+    moved = tmp_path / "stick" / "moved"
+    (stick / linked).rename(moved)
+    (stick / linked).symlink_to(elsewhere if linked == "blobs/sha256" else tmp_path / "stick")
+    around = snapshot(tmp_path)
+    result = forklift(
+        "--cache-dir", str(device), "cache", "copy", "--to", str(stick), home=tmp_path
+    )
+    assert_one_error(result, f"{stick}", f"{linked} is a symbolic link, not a directory")
+    assert outside_device(snapshot(tmp_path)) == outside_device(around)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cache", "del-img", "docker.io/library/good:1"],
+        ["cache", "verify", "--repair"],
+        ["cache", "ls-img"],
+    ],
+)
+def test_commands_on_a_cache_whose_blobs_directory_is_a_link(
+    tmp_path: Path, elsewhere: Path, argv: list[str]
+) -> None:
+    stick = tmp_path / "stick" / "images"
+    write_image(stick, "docker.io/library/good:1", b"good layer")
+    for blob in blob_path(stick, sha256(b"good layer")).parent.iterdir():
+        blob.rename(elsewhere / blob.name)
+    blobs = stick / "blobs" / "sha256"
+    blobs.rmdir()
+    blobs.symlink_to(elsewhere)
+    around = snapshot(tmp_path)
+    result = forklift("--cache-dir", str(stick), *argv, home=tmp_path)
+    assert_one_error(result, f"{stick}", "blobs/sha256 is a symbolic link, not a directory")
+    assert snapshot(tmp_path) == around
+
+
+def test_merge_from_a_stick_whose_blobs_directory_is_a_link(
+    tmp_path: Path, device: Path, elsewhere: Path
+) -> None:
+    stick = tmp_path / "stick" / "images"
+    image = write_image(stick, "docker.io/library/good:1", b"good layer")
+    for blob in blob_path(stick, image.layer).parent.iterdir():
+        blob.rename(elsewhere / blob.name)
+    blobs = stick / "blobs" / "sha256"
+    blobs.rmdir()
+    blobs.symlink_to(elsewhere)
+    around = snapshot(tmp_path)
+    result = forklift("--cache-dir", str(device), "cache", "merge", str(stick), home=tmp_path)
+    assert_one_error(result, f"{stick}", "blobs/sha256 is a symbolic link, not a directory")
+    assert snapshot(tmp_path) == around
+
+
+def test_a_blob_link_in_the_destination_is_replaced_not_written_through(
+    tmp_path: Path, device: Path, elsewhere: Path
+) -> None:
+    """A stick's blob that links out of it (with the right size) is not taken as the blob:
+    the copy writes the blob itself in its place, and the link's target is untouched."""
+    stick = tmp_path / "stick"
+    own_layer = blob_path(device, sha256(b"own layer"))
+    outside = elsewhere / "same-size"
+    outside.write_bytes(b"X" * own_layer.stat().st_size)
+    with ImageCache(stick).writing():
+        pass
+    blob_path(stick, sha256(b"own layer")).symlink_to(outside)
+    around = snapshot(elsewhere)
+    result = forklift(
+        "--cache-dir", str(device), "cache", "copy", "--to", str(stick), home=tmp_path
+    )
+    assert (result.code, result.error_lines()) == (0, []), result.err
+    copied = blob_path(stick, sha256(b"own layer"))
+    assert not copied.is_symlink()
+    assert copied.read_bytes() == b"own layer"
+    assert snapshot(elsewhere) == around
+
+
+def test_gc_and_the_sweep_remove_links_never_their_targets(tmp_path: Path, elsewhere: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    image = write_image(cache_dir, "docker.io/library/good:1", b"good layer")
+    blobs = blob_path(cache_dir, image.layer).parent
+    (blobs / ("cd" * 32)).symlink_to(elsewhere / ("ab" * 32))  # an unreferenced "blob"
+    (blobs / ".tmp-0123").symlink_to(elsewhere / "marker")  # a "leftover temporary"
+    (cache_dir / "index.json.tmp-0123").symlink_to(elsewhere / "marker")
+    around = snapshot(elsewhere)
+    result = forklift(
+        "--cache-dir", str(cache_dir), "cache", "del-img", image.canonical, home=tmp_path
+    )
+    assert (result.code, result.error_lines()) == (0, []), result.err
+    assert snapshot(elsewhere) == around
+    assert not (blobs / ".tmp-0123").is_symlink()
+    assert not (cache_dir / "index.json.tmp-0123").is_symlink()
+    assert sorted(p.name for p in blobs.iterdir()) == ["cd" * 32]  # not a blob: left alone
+
+
+def test_the_cache_directory_itself_may_be_a_link(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "images"
+    image = write_image(real, "docker.io/library/good:1", b"good layer")
+    link = tmp_path / "images"
+    link.symlink_to(real)
+    result = forklift("--cache-dir", str(link), "cache", "ls-img", home=tmp_path)
+    assert (result.code, result.error_lines()) == (0, []), result.err
+    assert image.canonical in result.out
+    result = forklift("--cache-dir", str(link), "cache", "del-img", image.canonical, home=tmp_path)
+    assert (result.code, result.error_lines()) == (0, []), result.err
+    assert list(blob_path(real, image.layer).parent.iterdir()) == []
