@@ -30,6 +30,7 @@ from forklift_boot.cache import (
     Descriptor,
     build_oci_manifest,
 )
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import CacheError, EngineError
 
 ByteCounter = Callable[[int], None]
@@ -406,7 +407,7 @@ def _parse_json(file: IO[bytes], name: str) -> Any:
     if len(data) > MAX_JSON_BLOB_SIZE:
         raise EngineError(f"couldn't read the image stream from Docker: {name} is too large")
     try:
-        return json.loads(data)
+        return load_json(data)
     except ValueError as err:
         raise EngineError(f"couldn't read the image stream from Docker: {name}: {err}") from err
 

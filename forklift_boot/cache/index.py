@@ -9,6 +9,7 @@ from typing import Any
 
 from forklift_boot.cache.durable import write_file_atomically
 from forklift_boot.cache.files import read_small_file
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.cache.media import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MEDIA_OCI_INDEX
 from forklift_boot.errors import CacheError
 
@@ -75,7 +76,7 @@ def read_index(cache_dir: Path) -> IndexDocument:
     except FileNotFoundError:
         return IndexDocument()
     try:
-        document = json.loads(text)
+        document = load_json(text)
     except ValueError as err:
         raise CacheError(f"couldn't read {path}: it isn't valid JSON ({err})") from err
     if not isinstance(document, dict):

@@ -15,6 +15,7 @@ from forklift_boot.cache.durable import (
 )
 from forklift_boot.cache.files import FOREIGN_HINT, kind_of, lstat_or_none, read_small_file
 from forklift_boot.cache.index import INDEX_FILE, IndexDocument, write_index
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import CacheError
 
 __all__ = [
@@ -84,7 +85,7 @@ def layout_problem(cache_dir: Path) -> str | None:
     """What is wrong with ``<cache_dir>/oci-layout``, or None."""
     path = cache_dir / OCI_LAYOUT_FILE
     try:
-        layout = json.loads(read_small_file(path, _MAX_LAYOUT_SIZE, OCI_LAYOUT_FILE))
+        layout = load_json(read_small_file(path, _MAX_LAYOUT_SIZE, OCI_LAYOUT_FILE))
     except FileNotFoundError:
         return f"{OCI_LAYOUT_FILE} is missing"
     except CacheError as err:

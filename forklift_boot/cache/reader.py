@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import stat
@@ -14,6 +13,7 @@ from forklift_boot.cache.blobs import DamagedBlobError, digest_hex, open_blob_fi
 from forklift_boot.cache.descriptors import CachedImage, Descriptor
 from forklift_boot.cache.files import kind_of, lstat_or_none
 from forklift_boot.cache.index import IndexDocument, read_index
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.cache.layout import blobs_dir, check_directories
 from forklift_boot.cache.verify import verify_cache
 from forklift_boot.cache.walk import walk_blobs
@@ -131,7 +131,7 @@ class CacheReader:
         if len(data) > MAX_JSON_BLOB_SIZE:  # it grew since the stat
             raise DamagedBlobError(digest, "is larger than 4 MiB", self.cache_dir)
         try:
-            return data, json.loads(data)
+            return data, load_json(data)
         except ValueError as err:
             raise DamagedBlobError(digest, f"isn't valid JSON ({err})", self.cache_dir) from err
 

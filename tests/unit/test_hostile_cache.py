@@ -29,6 +29,9 @@ from forklift_boot.cache import (
     ImageCache,
     build_oci_manifest,
 )
+from forklift_boot.cache.json_limits import JsonTooDeepError, load_json
+from forklift_boot.errors import RegistryError
+from forklift_boot.stores.registry.client import Manifest, manifest_media_type
 
 PROJECT_DIR = Path(forklift_boot.__file__).resolve().parents[1]
 # Hang guard: these commands finish in about a second.
@@ -432,3 +435,83 @@ def test_the_cache_directory_itself_may_be_a_link(tmp_path: Path) -> None:
     result = forklift("--cache-dir", str(link), "cache", "del-img", image.canonical, home=tmp_path)
     assert (result.code, result.error_lines()) == (0, []), result.err
     assert list(blob_path(real, image.layer).parent.iterdir()) == []
+
+
+# --- item 7: deeply nested JSON fails its image alone, with one line ----------------------
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def write_deep_image(cache_dir: Path, name: str, depth: int) -> Image:
+    """A correctly digested manifest with a field nested ``depth`` levels (plus its own)."""
+    image = write_image(cache_dir, name, f"layer of {name}".encode())
+    manifest = json.loads(blob_path(cache_dir, image.manifest).read_bytes())
+    deep = json.dumps(manifest).encode()[:-1] + b', "x": ' + nested(depth) + b"}"
+    blob_path(cache_dir, sha256(deep)).write_bytes(deep)
+    index = json.loads((cache_dir / "index.json").read_bytes())
+    for entry in index["manifests"]:
+        if entry["annotations"]["io.containerd.image.name"] == name:
+            entry.update(digest=sha256(deep), size=len(deep))
+    (cache_dir / "index.json").write_text(json.dumps(index))
+    return Image(name, sha256(deep), image.config, image.layer)
+
+
+DEPTHS = [pytest.param(100, id="depth-100"), pytest.param(100_000, id="depth-100000")]
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_merge_of_a_deeply_nested_manifest_fails_that_image_only(
+    tmp_path: Path, stick: Path, device: Path, depth: int
+) -> None:
+    deep = write_deep_image(stick, "docker.io/library/deep:1", depth)
+    result = forklift(
+        "--cache-dir", str(device), "cache", "merge", str(stick), "--json", home=tmp_path
+    )
+    assert_one_error(result, deep.canonical, deep.manifest, "deeper than 64 levels", code=3)
+    statuses = {o["name"]: o["status"] for o in json.loads(result.out)["images"]}
+    assert statuses == {deep.canonical: "failed", "docker.io/library/good:1": "copied"}
+    assert not blob_path(device, deep.manifest).exists()
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_ls_img_and_verify_of_a_deeply_nested_manifest(
+    tmp_path: Path, stick: Path, depth: int
+) -> None:
+    deep = write_deep_image(stick, "docker.io/library/deep:1", depth)
+    result = forklift("--cache-dir", str(stick), "cache", "ls-img", home=tmp_path)
+    assert_one_error(result, deep.canonical, "deeper than 64 levels")
+    result = forklift("--cache-dir", str(stick), "cache", "verify", home=tmp_path)
+    assert (result.code, result.error_lines()) == (1, []), result.err
+    assert "Traceback" not in result.err
+    assert result.out.splitlines() == [
+        f"blob {deep.manifest} (manifest of {deep.canonical}) isn't valid JSON"
+        " (it nests arrays and objects deeper than 64 levels)"
+    ]
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_a_deeply_nested_index_json(tmp_path: Path, stick: Path, depth: int) -> None:
+    index = stick / "index.json"
+    document = json.loads(index.read_bytes())
+    index.write_bytes(json.dumps(document).encode()[:-1] + b', "x": ' + nested(depth) + b"}")
+    result = forklift("--cache-dir", str(stick), "cache", "ls-img", home=tmp_path)
+    assert_one_error(result, f"{index}", "deeper than 64 levels")
+
+
+def test_json_nested_up_to_the_cap_is_read() -> None:
+    assert load_json(nested(64)) == json.loads(nested(64))
+    assert load_json(b'{"a": "' + b"[" * 1000 + b'"}') == {"a": "[" * 1000}  # text, not nesting
+    with pytest.raises(JsonTooDeepError):
+        load_json(nested(65))
+    with pytest.raises(JsonTooDeepError):
+        load_json(b'{"a": ' * 70_000 + b"1" + b"}" * 70_000)
+
+
+def test_a_registry_manifest_nested_too_deeply_is_one_registry_error() -> None:
+    data = nested(100_000)
+    manifest = Manifest(data, MEDIA_OCI_MANIFEST, sha256(data))
+    with pytest.raises(RegistryError, match="deeper than 64 levels"):
+        manifest.document()
+    assert manifest_media_type("application/json", data) == "application/json"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import ipaddress
-import json
 import logging
 import random
 import threading
@@ -40,6 +39,7 @@ from forklift_boot.cache import (
     Descriptor,
     StoredBlob,
 )
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import RegistryError
 from forklift_boot.refs import ImageRef
 from forklift_boot.stores.registry.auth import Challenge, CredentialStore, parse_www_authenticate
@@ -214,7 +214,7 @@ class Manifest:
     def document(self) -> dict[str, Any]:
         """The parsed JSON object; RegistryError if it is not one."""
         try:
-            document = json.loads(self.data)
+            document = load_json(self.data)
         except ValueError as err:
             raise RegistryError(f"the manifest {self.digest} is not valid JSON ({err})") from err
         if not isinstance(document, dict):
@@ -231,7 +231,7 @@ def manifest_media_type(content_type: str | None, data: bytes) -> str:
     if served not in _DEFAULT_MANIFEST_TYPES:
         return served
     try:
-        document = json.loads(data)
+        document = load_json(data)
     except ValueError:
         return served
     if isinstance(document, dict):
