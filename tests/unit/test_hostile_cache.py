@@ -10,19 +10,23 @@ and that nothing around the cache changed (marker files and their checksums).
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import resource
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 import forklift_boot
 from forklift_boot.cache import (
     MEDIA_OCI_CONFIG,
+    MEDIA_OCI_INDEX,
     MEDIA_OCI_LAYER,
     MEDIA_OCI_MANIFEST,
     CachedImage,
@@ -515,3 +519,94 @@ def test_a_registry_manifest_nested_too_deeply_is_one_registry_error() -> None:
     with pytest.raises(RegistryError, match="deeper than 64 levels"):
         manifest.document()
     assert manifest_media_type("application/json", data) == "application/json"
+
+
+# --- item 8: digests of other algorithms are refused before anything is fetched ----------
+
+
+SHA512_CHILD = {
+    "mediaType": MEDIA_OCI_MANIFEST,
+    "digest": "sha512:" + hashlib.sha512(b"a child").hexdigest(),
+    "size": 7,
+    "platform": {"architecture": "amd64", "os": "linux"},
+}
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """Serves one image index, whose only child has a sha512 digest; records every request."""
+
+    index = json.dumps(
+        {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": [SHA512_CHILD]}
+    ).encode()
+    requests: ClassVar[list[str]] = []
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def _answer(self, *, with_body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        if self.path == "/v2/":
+            body, media_type = b"{}", "application/json"
+        elif self.path == "/v2/library/app/manifests/1":
+            body, media_type = self.index, MEDIA_OCI_INDEX
+        else:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", media_type)
+        self.send_header("Docker-Content-Digest", sha256(body))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_cache_img_refuses_a_sha512_child_before_fetching_it(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ref = f"127.0.0.1:{server.server_address[1]}/library/app:1"
+        result = forklift(
+            "--cache-dir", str(tmp_path / "cache"), "--platform", "linux/amd64",
+            "cache-img", "--from", "registry", ref, home=tmp_path,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_one_error(result, ref, "uses sha512, which forklift-boot does not support", code=3)
+    assert not any("sha512" in request for request in _Registry.requests), _Registry.requests
+    assert any(request.endswith("/manifests/1") for request in _Registry.requests)
+
+
+def test_a_cached_index_with_a_sha512_child_fails_that_image_only(
+    tmp_path: Path, stick: Path, device: Path
+) -> None:
+    index = json.dumps(
+        {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": [SHA512_CHILD]}
+    ).encode()
+    name = "docker.io/library/sha512:1"
+    with ImageCache(stick).writing() as writer:
+        descriptor = writer.write_blob(index, MEDIA_OCI_INDEX)
+        writer_index = json.loads((stick / "index.json").read_bytes())
+    entry = CachedImage(name, (name,), descriptor).to_entry()
+    writer_index["manifests"].append(entry)
+    (stick / "index.json").write_text(json.dumps(writer_index))
+    result = forklift(
+        "--cache-dir", str(device), "cache", "merge", str(stick), "--json", home=tmp_path
+    )
+    assert_one_error(result, name, "uses sha512, which forklift-boot does not support", code=3)
+    statuses = {o["name"]: o["status"] for o in json.loads(result.out)["images"]}
+    assert statuses == {name: "failed", "docker.io/library/good:1": "copied"}
+    result = forklift("--cache-dir", str(stick), "cache", "verify", home=tmp_path)
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err
+    assert "uses sha512, which forklift-boot does not support" in result.out
