@@ -95,7 +95,8 @@ def cache_images(
     progress = progress or NoProgress()
     report = Report("cache")
     wanted = group_by_canonical(required)
-    with cache.writing() as writer:
+    # Shared: readers and other writers go on while images arrive over a network.
+    with cache.writing(exclusive=False) as writer:
         cached = {image.canonical: image for image in writer.images()}
         to_copy: list[SourceImage] = []
         renamed: list[CachedImage] = []

@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -34,7 +35,7 @@ from forklift_boot.cache import (
     build_oci_manifest,
 )
 from forklift_boot.cache.json_limits import JsonTooDeepError, load_json
-from forklift_boot.errors import RegistryError
+from forklift_boot.errors import CacheError, RegistryError
 from forklift_boot.stores.registry.client import Manifest, manifest_media_type
 
 PROJECT_DIR = Path(forklift_boot.__file__).resolve().parents[1]
@@ -119,12 +120,12 @@ class Image:
     layer: str
 
 
-def write_image(cache_dir: Path, name: str, layer: bytes) -> Image:
+def write_image(cache_dir: Path, name: str, layer: bytes, *, exclusive: bool = True) -> Image:
     """A one-layer image written with the cache's own writer."""
     config = json.dumps(
         {"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": [sha256(layer)]}}
     ).encode()
-    with ImageCache(cache_dir).writing() as writer:
+    with ImageCache(cache_dir).writing(exclusive=exclusive) as writer:
         layer_descriptor = writer.write_blob(layer, MEDIA_OCI_LAYER)
         config_descriptor = writer.write_blob(config, MEDIA_OCI_CONFIG)
         manifest = build_oci_manifest(config_descriptor, [layer_descriptor])
@@ -610,3 +611,147 @@ def test_a_cached_index_with_a_sha512_child_fails_that_image_only(
     assert result.code == 1, result.err
     assert "Traceback" not in result.err
     assert "uses sha512, which forklift-boot does not support" in result.out
+
+
+# --- item 9: a writer waiting on the network holds the cache lock shared -----------------
+
+# A cache-img in another process, slowed down at two points: it writes a layer (the test
+# looks at its temporary), commits it, and only then records its image, each step when the
+# test creates the file it waits for.
+SLOW_WRITER = """
+import json, sys, time
+from pathlib import Path
+from forklift_boot.cache import (
+    MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, MEDIA_OCI_MANIFEST, CachedImage, ImageCache,
+    build_oci_manifest,
+)
+cache_dir, signals = Path(sys.argv[1]), Path(sys.argv[2])
+
+def step(name):
+    (signals / name).touch()
+    while not (signals / ("go-" + name)).exists():
+        time.sleep(0.02)
+
+with ImageCache(cache_dir).writing(exclusive=False) as writer:
+    with writer.blob_writer() as blob:
+        blob.write(b"slow layer")
+        step("in-flight")
+        layer = blob.commit().to_descriptor(MEDIA_OCI_LAYER)
+    step("stored")
+    config = writer.write_blob(b'{"architecture": "amd64", "os": "linux"}', MEDIA_OCI_CONFIG)
+    manifest = writer.write_blob(build_oci_manifest(config, [layer]), MEDIA_OCI_MANIFEST)
+    name = "docker.io/library/slow:1"
+    writer.put_images([CachedImage(name, (name,), manifest)])
+print("recorded", flush=True)
+"""
+
+
+def wait_for(path: Path, process: subprocess.Popen[str]) -> None:
+    for _ in range(1500):  # 30 s
+        if path.exists():
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"{path.name} never came")
+
+
+def test_a_writer_shares_the_cache_and_gc_waits_for_it(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    good = write_image(cache_dir, "docker.io/library/good:1", b"good layer")
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
+    slow = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(cache_dir), str(signals)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(signals / "in-flight", slow)
+        blobs = blob_path(cache_dir, good.layer).parent
+        (in_flight,) = [p for p in blobs.iterdir() if p.name.startswith(".tmp-")]
+
+        # Readers go on (the lock timeout is 60 s; they finish long before).
+        started = time.monotonic()
+        listed = forklift("--cache-dir", str(cache_dir), "cache", "ls-img", home=tmp_path)
+        assert (listed.code, listed.error_lines()) == (0, []), listed.err
+        assert good.canonical in listed.out
+        loaded = forklift("--cache-dir", str(cache_dir), "load-img", "--all-cached", home=tmp_path)
+        assert_one_error(loaded, "couldn't reach Docker")  # past the cache, at Docker
+        assert time.monotonic() - started < 30
+
+        # A second writer goes on too, records its image, and sweeps nothing of the first's.
+        second = write_image(
+            cache_dir, "docker.io/library/second:1", b"second layer", exclusive=False
+        )
+        assert in_flight.exists()
+
+        # What deletes waits for the writer: it can't have the cache alone.
+        with (
+            pytest.raises(CacheError, match="another forklift-boot is using it"),
+            ImageCache(cache_dir).writing(timeout=0.5),
+        ):
+            pass
+        (signals / "go-in-flight").touch()
+        wait_for(signals / "stored", slow)
+        assert not in_flight.exists()  # renamed to its digest
+        stored = blob_path(cache_dir, sha256(b"slow layer"))
+        assert stored.read_bytes() == b"slow layer"
+
+        # gc (del-img) starts while the stored layer is in no entry yet: it waits for the
+        # writer, which records it, so the layer is kept.
+        delete = subprocess.Popen(
+            [sys.executable, "-m", "forklift_boot", "--cache-dir", str(cache_dir),
+             "cache", "del-img", good.canonical],
+            env={**env, "HOME": str(tmp_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        time.sleep(1.0)
+        assert delete.poll() is None  # waiting for the lock
+        assert stored.exists()
+        (signals / "go-stored").touch()
+        assert slow.communicate(timeout=30)[0].strip() == "recorded"
+        out, err = delete.communicate(timeout=60)
+        assert (delete.returncode, out) == (0, f"deleted {good.canonical}\n"), err
+    finally:
+        for name in ("go-in-flight", "go-stored"):
+            (signals / name).touch()
+        slow.wait(timeout=30)
+    assert stored.read_bytes() == b"slow layer"
+    assert not blob_path(cache_dir, good.layer).exists()
+    with ImageCache(cache_dir).reading() as reader:
+        names = [image.canonical for image in reader.images()]
+        assert names == ["docker.io/library/second:1", "docker.io/library/slow:1"]
+        assert reader.verify() == []
+    assert blob_path(cache_dir, second.layer).exists()
+
+
+def test_a_sharing_writer_may_not_collect_garbage(tmp_path: Path) -> None:
+    with ImageCache(tmp_path).writing(exclusive=False) as writer:
+        with pytest.raises(CacheError, match="needs the cache alone"):
+            writer.collect_garbage()
+        with pytest.raises(CacheError, match="needs the cache alone"):
+            writer.repair()
+
+
+def test_a_sharing_writer_alone_sweeps_leftovers(tmp_path: Path) -> None:
+    write_image(tmp_path, "docker.io/library/good:1", b"good layer")
+    leftover = tmp_path / "blobs" / "sha256" / ".tmp-0123456789abcdef"
+    leftover.write_bytes(b"from a crash")
+    with ImageCache(tmp_path).writing(exclusive=False):
+        pass
+    assert not leftover.exists()
+
+
+def test_a_sharing_writer_keeps_blobs_another_writer_recorded(tmp_path: Path) -> None:
+    """remove_blobs of a blob this writer stored, which another writer has recorded since
+    (its commit found this one's copy), keeps it."""
+    with ImageCache(tmp_path).writing(exclusive=False) as first:
+        layer = first.write_blob(b"shared layer", MEDIA_OCI_LAYER)
+        other = write_image(tmp_path, "docker.io/library/other:1", b"shared layer", exclusive=False)
+        assert other.layer == layer.digest
+        first.remove_blobs([layer.digest])
+        assert first.has_blob(layer.digest)
