@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -755,3 +757,38 @@ def test_a_sharing_writer_keeps_blobs_another_writer_recorded(tmp_path: Path) ->
         assert other.layer == layer.digest
         first.remove_blobs([layer.digest])
         assert first.has_blob(layer.digest)
+
+
+@pytest.mark.parametrize("how", ["fifo", "/dev/zero"])
+def test_serve_of_a_stick_whose_index_is_no_regular_file_answers_at_once(
+    tmp_path: Path, stick: Path, how: str
+) -> None:
+    """cache serve hung on the first request; now each one is answered with the reason."""
+    make_hostile(stick, "index.json", how)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(PROJECT_DIR)}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "forklift_boot", "--cache-dir", str(stick),
+         "cache", "serve", "--listen", "127.0.0.1:0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert serve.stdout is not None
+        address = serve.stdout.readline().strip()
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://{address}/v2/library/good/manifests/1", timeout=30)
+        body = json.loads(answer.value.read())
+    finally:
+        serve.terminate()
+        _, err = serve.communicate(timeout=30)
+    assert answer.value.code == 500
+    kind = "a named pipe (FIFO)" if how == "fifo" else "a symbolic link"
+    message = f"couldn't read {stick / 'index.json'}: it is {kind}, not a regular file"
+    assert message in body["errors"][0]["message"]
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if message in line] == [
+        f"Warning: couldn't answer GET /v2/library/good/manifests/1: {message};"
+        " remove it or use another image cache"
+    ]
