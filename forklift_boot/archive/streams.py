@@ -4,11 +4,11 @@ read, and JSON members with a size cap."""
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterable
 from typing import IO, Any
 
 from forklift_boot.cache import MAX_JSON_BLOB_SIZE
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import EngineError
 from forklift_boot.images import ByteCounter
 
@@ -18,7 +18,7 @@ def parse_json(file: IO[bytes], name: str) -> Any:
     if len(data) > MAX_JSON_BLOB_SIZE:
         raise EngineError(f"couldn't read the image stream from Docker: {name} is too large")
     try:
-        return json.loads(data)
+        return load_json(data)
     except ValueError as err:
         raise EngineError(f"couldn't read the image stream from Docker: {name}: {err}") from err
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,9 +17,9 @@ from forklift_boot.cache.durable import (
     cache_os_error,
     fsync_directory,
     remove_quietly,
-    size_or_none,
     temporary_name,
 )
+from forklift_boot.cache.files import kind_of, lstat_or_none
 from forklift_boot.errors import CacheError
 from forklift_boot.faults import checkpoint
 
@@ -138,7 +139,12 @@ class BlobWriter:
                 f"couldn't store blob {expected_digest}: the bytes received hash to {digest}"
             )
         final_path = self._blobs_dir / digest_hex(digest)
-        existing_size = size_or_none(final_path)
+        existing = lstat_or_none(final_path)
+        existing_size = existing.st_size if existing is not None else None
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            # A link (or a pipe) in the blob's place is replaced, never written through.
+            log.warning("replacing %s in place of blob %s", kind_of(existing.st_mode), digest)
+            existing_size = None
         if existing_size == self._size:
             # Content addressing: same digest, same bytes. Never rewrite a blob in place.
             self.discard()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from forklift_boot.cache.durable import cache_os_error
+from forklift_boot.cache.files import NotRegularFileError, open_regular
 from forklift_boot.errors import CacheError
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ __all__ = [
     "DamagedBlobError",
     "digest_hex",
     "hash_file",
+    "open_blob_file",
     "open_verified",
 ]
 
@@ -53,11 +56,12 @@ def digest_hex(digest: str) -> str:
 
 
 def hash_file(path: Path) -> tuple[str, int]:
-    """The sha256 digest and size of a file, read in fixed-size chunks."""
+    """The sha256 digest and size of a regular file, read in fixed-size chunks (a link is
+    not followed: NotRegularFileError)."""
     hasher = hashlib.sha256()
     size = 0
     try:
-        with path.open("rb", buffering=0) as file:
+        with os.fdopen(open_regular(path), "rb", buffering=0) as file:
             buffer = bytearray(BUFFER_SIZE)
             view = memoryview(buffer)
             while count := file.readinto(buffer):
@@ -68,14 +72,22 @@ def hash_file(path: Path) -> tuple[str, int]:
     return f"sha256:{hasher.hexdigest()}", size
 
 
-def open_verified(path: Path, digest: str, expected_size: int | None, cache_dir: Path) -> BinaryIO:
-    """Open a blob for reading; reading to its end raises DamagedBlobError on a mismatch."""
+def open_blob_file(path: Path, digest: str, cache_dir: Path) -> io.FileIO:
+    """A blob's file, unbuffered; DamagedBlobError if it is missing or no regular file."""
     try:
-        file = path.open("rb", buffering=0)
+        return io.FileIO(open_regular(path), "rb")
     except FileNotFoundError as err:
         raise DamagedBlobError(digest, "is missing", cache_dir) from err
+    except NotRegularFileError as err:
+        # Nothing was read from it, so nothing learned from it is said.
+        raise DamagedBlobError(digest, err.problem, cache_dir) from err
     except OSError as err:
         raise cache_os_error("open", path, err) from err
+
+
+def open_verified(path: Path, digest: str, expected_size: int | None, cache_dir: Path) -> BinaryIO:
+    """Open a blob for reading; reading to its end raises DamagedBlobError on a mismatch."""
+    file = open_blob_file(path, digest, cache_dir)
     raw = _VerifyingRawReader(file, path, digest, expected_size, cache_dir)
     return io.BufferedReader(raw, buffer_size=BUFFER_SIZE)
 

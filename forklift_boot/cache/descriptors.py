@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,12 @@ from forklift_boot.errors import CacheError
 
 __all__ = ["CachedImage", "Descriptor"]
 
+# Every blob is named, hashed and verified as sha256 (the layout's blobs/sha256/, registries,
+# archives), so a descriptor of another algorithm is refused when it is read, before anything
+# is fetched or copied by it.
+_SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+# Algorithms the OCI image spec registers besides sha256, named in the refusal.
+_OTHER_ALGORITHMS = ("sha512", "sha384", "blake3")
 _KNOWN_FIELDS = ("mediaType", "digest", "size", "annotations", "platform")
 # Annotations that CachedImage's fields own: rewritten from the fields on every write.
 _MANAGED_ANNOTATIONS = (
@@ -90,6 +97,8 @@ class Descriptor:
             raise _invalid(where, "annotations are not a map of strings")
         if platform is not None and not isinstance(platform, dict):
             raise _invalid(where, "platform is not a JSON object")
+        if not _SHA256_DIGEST.fullmatch(digest):
+            raise _invalid(where, _digest_problem(digest))
         extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
         return cls(media_type, digest, size, annotations, platform, extra)
 
@@ -155,6 +164,17 @@ class CachedImage:
             registry_digest=descriptor.annotations.get(ANNOTATION_REGISTRY_DIGEST),
             platform=descriptor.annotations.get(ANNOTATION_PLATFORM),
         )
+
+
+def _digest_problem(digest: str) -> str:
+    """Why a digest is refused, without echoing it (it may hold anything)."""
+    algorithm = digest.partition(":")[0]
+    if algorithm in _OTHER_ALGORITHMS:
+        return (
+            f"its digest uses {algorithm}, which forklift-boot does not support"
+            " (sha256 only); the image can't be cached"
+        )
+    return "its digest is not sha256:<64 lowercase hex digits>"
 
 
 def _invalid(where: str, reason: str) -> CacheError:

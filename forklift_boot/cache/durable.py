@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from forklift_boot.errors import CacheError
@@ -108,10 +109,12 @@ def remove_quietly(path: Path) -> None:
 
 
 def size_or_none(path: Path) -> int | None:
-    """The file's size; None if there is no such file."""
+    """The size of the regular file ``path``; None if there is none. A link, a pipe or a
+    device in its place counts as no file: it is never followed, and a write replaces it."""
     try:
-        return path.stat().st_size
+        found = path.lstat()
     except FileNotFoundError:
         return None
     except OSError as err:
         raise cache_os_error("read", path, err) from err
+    return found.st_size if stat.S_ISREG(found.st_mode) else None

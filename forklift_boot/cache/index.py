@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forklift_boot.cache.durable import cache_os_error, write_file_atomically
+from forklift_boot.cache.durable import write_file_atomically
+from forklift_boot.cache.files import read_small_file
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.cache.media import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MEDIA_OCI_INDEX
 from forklift_boot.errors import CacheError
 
 __all__ = [
     "INDEX_FILE",
+    "MAX_INDEX_SIZE",
     "IndexDocument",
     "entry_name",
     "entry_names",
@@ -21,6 +24,9 @@ __all__ = [
 ]
 
 INDEX_FILE = "index.json"
+# Parsed whole, so bounded: thousands of entries take a few hundred KiB; a cache from a stick
+# might hold a file of any size.
+MAX_INDEX_SIZE = 16 << 20
 
 
 @dataclass
@@ -66,13 +72,11 @@ def read_index(cache_dir: Path) -> IndexDocument:
     """Read ``<cache_dir>/index.json``; a missing file is an empty index."""
     path = cache_dir / INDEX_FILE
     try:
-        text = path.read_bytes()
+        text = read_small_file(path, MAX_INDEX_SIZE, "an image cache's index")
     except FileNotFoundError:
         return IndexDocument()
-    except OSError as err:
-        raise cache_os_error("read", path, err) from err
     try:
-        document = json.loads(text)
+        document = load_json(text)
     except ValueError as err:
         raise CacheError(f"couldn't read {path}: it isn't valid JSON ({err})") from err
     if not isinstance(document, dict):

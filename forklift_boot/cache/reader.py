@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import io
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from forklift_boot.cache.blobs import DamagedBlobError, digest_hex, open_verified
+from forklift_boot.cache.blobs import DamagedBlobError, digest_hex, open_blob_file, open_verified
 from forklift_boot.cache.descriptors import CachedImage, Descriptor
-from forklift_boot.cache.durable import cache_os_error
+from forklift_boot.cache.files import kind_of, lstat_or_none
 from forklift_boot.cache.index import IndexDocument, read_index
-from forklift_boot.cache.layout import blobs_dir
+from forklift_boot.cache.json_limits import load_json
+from forklift_boot.cache.layout import blobs_dir, check_directories
 from forklift_boot.cache.verify import verify_cache
 from forklift_boot.cache.walk import walk_blobs
 from forklift_boot.errors import CacheError
@@ -28,6 +31,7 @@ class CacheReader:
     """A view of the cache while ImageCache holds its lock; unusable once the lock is released."""
 
     def __init__(self, cache_dir: Path) -> None:
+        check_directories(cache_dir)
         self.cache_dir = cache_dir
         self._blobs_dir = blobs_dir(cache_dir)
         self._is_open = True
@@ -73,18 +77,25 @@ class CacheReader:
         return self._blobs_dir / digest_hex(digest)
 
     def has_blob(self, digest: str) -> bool:
+        """Whether the blob is there; DamagedBlobError if its name is taken by anything but a
+        regular file (a link is never followed: it could lead out of the cache)."""
         self._check_open()
-        return self.blob_path(digest).is_file()
+        return self._blob_stat(digest) is not None
 
     def blob_size(self, digest: str) -> int:
         self._check_open()
-        path = self.blob_path(digest)
-        try:
-            return path.stat().st_size
-        except FileNotFoundError as err:
-            raise DamagedBlobError(digest, "is missing", self.cache_dir) from err
-        except OSError as err:
-            raise cache_os_error("read", path, err) from err
+        found = self._blob_stat(digest)
+        if found is None:
+            raise DamagedBlobError(digest, "is missing", self.cache_dir)
+        return found.st_size
+
+    def _blob_stat(self, digest: str) -> os.stat_result | None:
+        found = lstat_or_none(self.blob_path(digest))
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            raise DamagedBlobError(
+                digest, f"is {kind_of(found.st_mode)}, not a regular file", self.cache_dir
+            )
+        return found
 
     def open_blob(
         self, digest: str, *, verify: bool = True, expected_size: int | None = None
@@ -99,12 +110,7 @@ class CacheReader:
         path = self.blob_path(digest)
         if verify:
             return open_verified(path, digest, expected_size, self.cache_dir)
-        try:
-            return path.open("rb")
-        except FileNotFoundError as err:
-            raise DamagedBlobError(digest, "is missing", self.cache_dir) from err
-        except OSError as err:
-            raise cache_os_error("open", path, err) from err
+        return io.BufferedReader(open_blob_file(path, digest, self.cache_dir))
 
     def read_json(self, digest: str, *, expected_size: int | None = None) -> Any:
         """A manifest, index or config blob, parsed after its digest has been checked."""
@@ -125,7 +131,7 @@ class CacheReader:
         if len(data) > MAX_JSON_BLOB_SIZE:  # it grew since the stat
             raise DamagedBlobError(digest, "is larger than 4 MiB", self.cache_dir)
         try:
-            return data, json.loads(data)
+            return data, load_json(data)
         except ValueError as err:
             raise DamagedBlobError(digest, f"isn't valid JSON ({err})", self.cache_dir) from err
 

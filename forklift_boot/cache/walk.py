@@ -134,6 +134,10 @@ def walk_blobs(source: BlobSource, root: Descriptor) -> BlobWalk:
         is_document = role in (ROLE_INDEX, ROLE_MANIFEST)
         try:
             is_present = source.has_blob(digest)
+        except DamagedBlobError as err:  # e.g. a link where the blob should be
+            is_present = False
+            walk.damaged[digest] = err.problem
+            walk.is_complete = walk.is_complete and not is_document
         except CacheError:
             is_present = False
             walk.damaged[digest] = "has an invalid or unsupported digest"

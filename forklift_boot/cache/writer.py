@@ -1,4 +1,4 @@
-"""Changing the cache under its exclusive lock: blobs, index entries, garbage, repairs."""
+"""Changing the cache: blobs, index entries under the commit lock, garbage and repairs alone."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from forklift_boot.cache.blob_writer import BlobWriter
 from forklift_boot.cache.blobs import hash_file
 from forklift_boot.cache.descriptors import CachedImage, Descriptor
 from forklift_boot.cache.durable import cache_os_error, fsync_directory
+from forklift_boot.cache.files import NotRegularFileError
 from forklift_boot.cache.index import entry_names, write_index
+from forklift_boot.cache.layout import check_directories
+from forklift_boot.cache.lock import DEFAULT_LOCK_TIMEOUT, hold_commit_lock
 from forklift_boot.cache.reader import CacheReader
 from forklift_boot.cache.walk import BlobWalk, walk_blobs
 from forklift_boot.errors import CacheError
@@ -26,7 +29,20 @@ _BLOB_NAME = re.compile(r"[a-f0-9]{64}")
 
 
 class CacheWriter(CacheReader):
-    """A reader that may also change the cache; ImageCache.writing() holds the exclusive lock."""
+    """A reader that may also change the cache, under the lock ImageCache.writing() holds:
+    exclusive, or shared with readers and other writers (``exclusive`` False), when it may
+    add blobs and entries but not collect garbage or repair."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        exclusive: bool = True,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        super().__init__(cache_dir)
+        self.exclusive = exclusive
+        self._lock_timeout = lock_timeout
 
     @contextmanager
     def blob_writer(self) -> Iterator[BlobWriter]:
@@ -53,39 +69,57 @@ class CacheWriter(CacheReader):
         names = [image.canonical for image in images]
         if len(set(names)) != len(names):
             raise ValueError(f"put_images got a canonical name twice: {names}")
-        for image in images:
-            problem = walk_blobs(self, image.descriptor).image_problem()
-            if problem is not None:
-                raise CacheError(
-                    f"couldn't add {image.canonical} to the image cache {self.cache_dir}: {problem}"
-                )
-        document = self._read_index()
-        replaced = set(names)
-        kept = [entry for entry in document.entries if not entry_names(entry) & replaced]
-        document.entries = kept + [image.to_entry() for image in images]
-        write_index(self.cache_dir, document)
+        with self._committing():
+            # Checked under the commit lock: a sharing writer's remove_blobs waits for it.
+            for image in images:
+                problem = walk_blobs(self, image.descriptor).image_problem()
+                if problem is not None:
+                    raise CacheError(
+                        f"couldn't add {image.canonical} to the image cache {self.cache_dir}:"
+                        f" {problem}"
+                    )
+            document = self._read_index()
+            replaced = set(names)
+            kept = [entry for entry in document.entries if not entry_names(entry) & replaced]
+            document.entries = kept + [image.to_entry() for image in images]
+            write_index(self.cache_dir, document)
 
     def remove_images(self, canonicals: Sequence[str]) -> list[str]:
         """Drop the entries of these names (blobs stay until collect_garbage); returns the
         names that were present."""
-        document = self._read_index()
-        wanted = set(canonicals)
-        removed = sorted({name for e in document.entries for name in entry_names(e) & wanted})
-        if removed:
-            document.entries = [e for e in document.entries if not entry_names(e) & wanted]
-            write_index(self.cache_dir, document)
+        with self._committing():
+            document = self._read_index()
+            wanted = set(canonicals)
+            removed = sorted({name for e in document.entries for name in entry_names(e) & wanted})
+            if removed:
+                document.entries = [e for e in document.entries if not entry_names(e) & wanted]
+                write_index(self.cache_dir, document)
         return removed
 
     def remove_blobs(self, digests: Sequence[str]) -> None:
-        """Delete these blobs, which the caller knows no entry needs (e.g. just written)."""
-        for digest in digests:
-            path = self.blob_path(digest)
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as err:
-                raise cache_os_error("remove unused blob", path, err) from err
-        if digests:
-            fsync_directory(self._blobs_dir)
+        """Delete these blobs, which the caller knows no entry needs (e.g. just written).
+
+        Sharing the cache, another writer may have recorded the same blob meanwhile (its
+        commit found this one's copy): blobs an entry reaches are kept then, and all of them
+        if an entry can't be followed. Under the commit lock, so no entry is recorded while.
+        """
+        check_directories(self.cache_dir)  # never delete through a link
+        with self._committing():
+            if not self.exclusive:
+                try:
+                    reachable = self._reachable_digests()
+                except CacheError as err:
+                    log.debug("keeping unused blobs for garbage collection: %s", err)
+                    return
+                digests = [digest for digest in digests if digest not in reachable]
+            for digest in digests:
+                path = self.blob_path(digest)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as err:
+                    raise cache_os_error("remove unused blob", path, err) from err
+            if digests:
+                fsync_directory(self._blobs_dir)
 
     def collect_garbage(self) -> int:
         """Delete the blobs that no index.json entry reaches; returns the bytes freed.
@@ -93,7 +127,9 @@ class CacheWriter(CacheReader):
         Every entry counts, other tools' too. If an entry can't be followed to the end (a
         damaged manifest), nothing is deleted: its layers might be the ones still needed.
         """
+        self._require_exclusive("collect garbage in")
         reachable = self._reachable_digests()
+        check_directories(self.cache_dir)  # never delete through a link
         freed = 0
         removed = 0
         for path in self._blob_files():
@@ -116,6 +152,8 @@ class CacheWriter(CacheReader):
 
         The entries stay, so the next cache-img fetches those blobs again.
         """
+        self._require_exclusive("repair")
+        check_directories(self.cache_dir)  # never delete through a link
         removed: list[str] = []
         checked: set[str] = set()
         for _, walk in self._walk_entries(skip_invalid=True):
@@ -129,7 +167,10 @@ class CacheWriter(CacheReader):
                     path = self.blob_path(digest)
                 except CacheError:
                     continue  # an unsupported digest names no blob of ours
-                actual, _ = hash_file(path)
+                try:
+                    actual, _ = hash_file(path)
+                except NotRegularFileError:
+                    actual = None  # a link in place of a blob: removed, never followed
                 if actual != digest:
                     try:
                         path.unlink()
@@ -140,6 +181,20 @@ class CacheWriter(CacheReader):
             fsync_directory(self._blobs_dir)
             log.warning("removed %d damaged blobs from %s", len(removed), self.cache_dir)
         return removed
+
+    @contextmanager
+    def _committing(self) -> Iterator[None]:
+        self._check_open()
+        with hold_commit_lock(self.cache_dir, timeout=self._lock_timeout):
+            yield
+
+    def _require_exclusive(self, action: str) -> None:
+        if not self.exclusive:
+            # A writer sharing the cache may not delete: others' stored blobs aren't recorded yet.
+            raise CacheError(
+                f"couldn't {action} the image cache {self.cache_dir}: it needs the cache alone"
+                " (ImageCache.writing(exclusive=True))"
+            )
 
     def _reachable_digests(self) -> set[str]:
         reachable: set[str] = set()

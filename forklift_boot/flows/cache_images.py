@@ -112,7 +112,8 @@ def cache_wanted(
     keeps its old image under a digest name (see ``_kept_as_digest``)."""
     progress = progress or NoProgress()
     report = Report("cache")
-    with cache.writing() as writer:
+    # Shared: readers and other writers go on while images arrive over a network.
+    with cache.writing(exclusive=False) as writer:
         cached = {image.canonical: image for image in writer.images()}
         to_copy: list[SourceImage] = []
         renamed: list[CachedImage] = []

@@ -621,8 +621,10 @@ def test_two_cache_img_runs_at_once(bed: Bed) -> None:
         os.close(lock)
     codes = [r.wait(timeout=120) for r in runs]
     assert codes == [0, 0], [r.stderr for r in runs]
+    # Writers share the cache (each blob written to a temporary of its own, index.json
+    # replaced under the commit lock): both may copy, and the first to start finds none cached.
     new = sorted(int(re.findall(r"\((\d+) new\)", r.stderr)[-1]) for r in runs)
-    assert new == [0, len(expected_entries(bed, *STORED))], [r.stderr for r in runs]
+    assert new[-1] == len(expected_entries(bed, *STORED)), [r.stderr for r in runs]
 
     assert_sound(bed.cache_dir)
     assert cached(bed.cache_dir) == expected_entries(bed, *STORED)

@@ -21,8 +21,6 @@ __all__ = ["CopyPlan", "plan_copy", "source_problem"]
 
 log = logging.getLogger(__name__)
 
-_TOO_DEEP = "a manifest or index it reaches is nested too deeply to read"
-
 
 @dataclass
 class CopyPlan:
@@ -83,16 +81,9 @@ def plan_copy(
                 selected.append((found, wanted.essential))
     plans: list[CopyPlan] = []
     for image, essential in selected:
-        try:
-            walk = walk_blobs(stash, image.descriptor)
-            problem = walk.image_problem()
-        except RecursionError:
-            # Digested right but nested past what Python's JSON parser takes: this image
-            # fails, the others are copied.
-            message = source_problem(image.canonical, reader.cache_dir, _TOO_DEEP)
-            log.error("%s", message)
-            report.outcomes.append(image_outcome(image, FAILED, message, essential=essential))
-            continue
+        # A document nested too deeply is a damaged blob of this image (cache.json_limits).
+        walk = walk_blobs(stash, image.descriptor)
+        problem = walk.image_problem()
         if problem is None:
             plans.append(CopyPlan(image, walk, essential))
             continue

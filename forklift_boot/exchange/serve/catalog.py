@@ -84,18 +84,8 @@ class CacheCatalog:
                     printable(str(err)),
                 )
                 continue
-            try:
-                walk = walk_blobs(reader, image.descriptor)
-            except RecursionError:
-                # One image's documents, digested right but nested past what Python's JSON
-                # parser takes, must not keep the other images from being served.
-                log.warning(
-                    "not serving %s from the image cache %s: a manifest or index it reaches is"
-                    " nested too deeply to read",
-                    image.canonical,
-                    self.cache_dir,
-                )
-                continue
+            # A document nested too deeply is a damaged blob of this image (cache.json_limits).
+            walk = walk_blobs(reader, image.descriptor)
             problem = walk.image_problem()
             if problem is not None:
                 log.warning(

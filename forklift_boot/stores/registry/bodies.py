@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import json
 import threading
 import time
 import weakref
@@ -13,6 +12,7 @@ import requests
 import urllib3
 
 from forklift_boot.cache import BUFFER_SIZE
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import RegistryError, printable
 from forklift_boot.stores.registry.transport import (
     TRANSIENT_ERRORS,
@@ -161,7 +161,7 @@ def _error_body(response: requests.Response, rate: MinimumRate) -> object:
             data += chunk
             if len(data) > _ERROR_BODY_LIMIT:
                 return None
-        return json.loads(data)
+        return load_json(bytes(data))
     except (RegistryError, ValueError, RecursionError):
         return None
     except TRANSIENT_ERRORS:

@@ -7,7 +7,6 @@ Anonymous, bearer and basic auth; retries with exponential backoff and jitter th
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import RegistryError, printable
 from forklift_boot.refs import ImageRef
 from forklift_boot.stores.registry.auth import Challenge, CredentialStore, parse_www_authenticate
@@ -325,7 +325,7 @@ class RegistryClient:
                 response, _TOKEN_LIMIT, f"get a token to {what}", service, self.min_rate
             )
         try:
-            document = json.loads(data)
+            document = load_json(data)
         except (ValueError, RecursionError) as err:
             raise RegistryError(
                 f"couldn't {what} {at}: its token service's answer is not JSON"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ from forklift_boot.cache import (
     MEDIA_OCI_MANIFEST,
     Descriptor,
 )
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import RegistryError
 
 __all__ = ["MANIFEST_ACCEPT", "Manifest", "ManifestHead", "manifest_media_type"]
@@ -51,7 +51,7 @@ class Manifest:
     def document(self) -> dict[str, Any]:
         """The parsed JSON object; RegistryError if it is not one."""
         try:
-            document = json.loads(self.data)
+            document = load_json(self.data)
         except ValueError as err:
             raise RegistryError(f"the manifest {self.digest} is not valid JSON ({err})") from err
         if not isinstance(document, dict):
@@ -68,7 +68,7 @@ def manifest_media_type(content_type: str | None, data: bytes) -> str:
     if served not in _DEFAULT_MANIFEST_TYPES:
         return served
     try:
-        document = json.loads(data)
+        document = load_json(data)
     except ValueError:
         return served
     if isinstance(document, dict):

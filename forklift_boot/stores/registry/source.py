@@ -9,7 +9,6 @@ One class, one module: finding and copying share the resolved manifests and the 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from forklift_boot.cache import (
     CacheWriter,
     Descriptor,
 )
+from forklift_boot.cache.json_limits import load_json
 from forklift_boot.errors import CacheError, ForkliftBootError, RegistryError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
 from forklift_boot.platforms import (
@@ -449,7 +449,7 @@ def _descriptor(obj: object, ref: ImageRef, what: str) -> Descriptor:
 
 def _config_platform(data: bytes) -> dict[str, Any] | None:
     try:
-        config = json.loads(data)
+        config = load_json(data)
     except ValueError:
         return None
     if not isinstance(config, dict) or not config.get("architecture"):
