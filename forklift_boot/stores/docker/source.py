@@ -47,6 +47,8 @@ class DockerSource:
         self._info: EngineInfo | None = None
         self._direct: ClassicStore | None = None
         self._direct_checked = False
+        self._copied: dict[str, CopiedImage] = {}  # by image ID, copied directly in this run
+        self._not_direct: set[str] = set()  # image IDs whose direct copy failed in this run
 
     @property
     def info(self) -> EngineInfo:
@@ -84,12 +86,15 @@ class DockerSource:
         if self.is_containerd_store:
             return self._copy_layout(images, writer, on_bytes)
         image_ids = sorted({image.image_id for image in images})
-        copied: dict[str, CopiedImage] = {}
-        store = self._direct_store()
+        # A run that retries images one at a time (after docker save failed for one of them)
+        # neither reads again what it copied directly, nor tries again what failed that way.
+        copied = {i: self._copied[i] for i in image_ids if i in self._copied}
+        to_read = [i for i in image_ids if i not in copied and i not in self._not_direct]
+        store = self._direct_store() if to_read else None
         if store is not None:
             direct = copy_direct(
                 store,
-                image_ids,
+                to_read,
                 writer,
                 compress=compress,
                 known_layers=known_layers,
@@ -106,11 +111,13 @@ class DockerSource:
             )
             for image_id, reason in sorted(direct.failed.items()):
                 log.warning("copying %s with docker save: %s", image_id, reason)
+                self._not_direct.add(image_id)
+            self._copied.update(direct.copied)
             copied.update(direct.copied)
-            image_ids = sorted(direct.failed)
             known_layers = {**known_layers, **direct.stored_layers}
-        if image_ids:
-            copied.update(self._copy_saved(image_ids, writer, compress, known_layers, on_bytes))
+        saved = [i for i in image_ids if i not in copied]
+        if saved:
+            copied.update(self._copy_saved(saved, writer, compress, known_layers, on_bytes))
         return copied
 
     def _direct_store(self) -> ClassicStore | None:
