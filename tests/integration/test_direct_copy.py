@@ -9,19 +9,26 @@ path ran is seen from outside: the Engine API calls a counting socket proxy pass
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pwd
+import random
 import re
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from forklift_boot.cache import ImageCache
 from forklift_boot.cache.selection import known_layer_blobs
+from forklift_boot.errors import EngineError
 from forklift_boot.images import Wanted
 from forklift_boot.refs import parse_image_ref
 from forklift_boot.stores.docker.classic_store import chain_ids
@@ -35,7 +42,7 @@ from tests.integration.test_round_trip import (
 from tests.testbed import images
 from tests.testbed.dockerd import DaemonFactory, DockerDaemon
 from tests.testbed.faults import command, product_env, run, strace_command
-from tests.testbed.images import PublishedImage
+from tests.testbed.images import Layer, PublishedImage
 from tests.testbed.registry import Registry
 from tests.testbed.socket_proxy import SocketProxy
 
@@ -243,7 +250,8 @@ def test_read_counter_counts_nothing_for_known_layers(
     assert found is not None
     with cache.writing() as writer:
         known = known_layer_blobs(writer)
-        assert gamma.diff_ids[0] in known and gamma.diff_ids[1] not in known
+        assert gamma.diff_ids[0] in known
+        assert gamma.diff_ids[1] not in known
         source.copy([found], writer, compress="gzip", known_layers=known, on_bytes=lambda n: None)
     store = source._direct
     assert store is not None
@@ -262,3 +270,216 @@ def test_read_counter_counts_nothing_for_known_layers(
 def _wanted(image: PublishedImage) -> Wanted:
     ref = parse_image_ref(image.tag_ref)
     return Wanted(ref.with_default_tag().canonical, (ref,), essential=True)
+
+
+# Tampering: what doesn't check out never enters the cache.
+
+
+def own_layer_dir(daemon: DockerDaemon, image: PublishedImage) -> tuple[Path, Path]:
+    """The image's top layer (its own): (layerdb directory, diff directory)."""
+    layer_dir, diff_dir = layer_places(daemon, image.diff_ids)[image.diff_ids[-1]]
+    return Path(layer_dir), Path(diff_dir)
+
+
+def test_a_changed_byte_fails_that_image_only(
+    tmp_path: Path, daemon: DockerDaemon, published_images: dict[str, PublishedImage]
+) -> None:
+    alpha, beta = published_images["alpha"], published_images["beta"]
+    _, diff_dir = own_layer_dir(daemon, alpha)
+    target = diff_dir / "app" / "alpha.txt"
+    content = bytearray(target.read_bytes())
+    content[100] ^= 0x01
+    target.write_bytes(content)
+    cache = tmp_path / "cache"
+    result = cache_img(daemon.host, cache, "--compress", "none", alpha.tag_ref, beta.tag_ref)
+    assert result.returncode == 3, result.stderr
+    assert re.search(
+        rf"copying {alpha.image_id} with docker save: couldn't read layer {alpha.diff_ids[-1]}: "
+        r"the files rebuild a tar of sha256:",
+        result.stderr,
+    )
+    # dockerd's own export checks the same digest: the image fails, with one line saying so.
+    failed = [line for line in result.stderr.splitlines() if "failed: alpha:1.0" in line]
+    assert len(failed) == 1, result.stderr
+    assert set(entries(cache)) == {f"{beta.canonical_name}:{beta.tag}"}
+    names = blobs(cache)
+    assert alpha.diff_ids[-1][7:] not in names
+    assert {d[7:] for d in beta.diff_ids} <= names
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_damaged_tar_split_falls_back_to_docker_save(
+    tmp_path: Path,
+    daemon: DockerDaemon,
+    proxy: SocketProxy,
+    published_images: dict[str, PublishedImage],
+    damage: str,
+) -> None:
+    alpha = published_images["alpha"]
+    layer_dir, _ = own_layer_dir(daemon, alpha)
+    tar_split = layer_dir / "tar-split.json.gz"
+    if damage == "missing":
+        tar_split.unlink()
+    else:
+        tar_split.write_bytes(tar_split.read_bytes()[:20])
+    cache = tmp_path / "cache"
+    result = cache_img(proxy.host, cache, "--compress", "none", alpha.tag_ref)
+    assert f"copying {alpha.image_id} with docker save: couldn't read layer" in result.stderr
+    assert len([p for p in proxy.paths("GET") if SAVE_CALL in p]) >= 1
+    names = blobs(cache) if (cache / "blobs").exists() else set()
+    if result.returncode == 0:
+        # dockerd rebuilt the layer some other way: then it is the right one.
+        manifest = entries(cache)[f"{alpha.canonical_name}:{alpha.tag}"][0]
+        layers = manifest_layers(cache, manifest)
+        assert [layer["digest"] for layer in layers] == list(alpha.diff_ids)
+    else:
+        assert result.returncode == 3, result.stderr
+        assert alpha.diff_ids[-1][7:] not in names
+    print(f"\ndocker save with a {damage} tar-split: exit code {result.returncode}")
+
+
+def test_an_image_removed_mid_read_never_enters_the_cache(
+    tmp_path: Path, daemon: DockerDaemon
+) -> None:
+    """In process, to remove the image at a known moment: after the first MiB of its layer
+    (four files of 3 MiB) was read. The direct read fails, docker save finds no image."""
+    client = daemon.client()
+    rng = random.Random(12)
+    files = {f"f/{i}": (rng.randbytes(3 * MiB), 0o644) for i in range(4)}
+    built = images.build_image(client, [Layer(files)], "removed")
+    source = DockerSource(DockerEngine(daemon.host))
+    found = source.find(_wanted_ref(built.ref))
+    assert found is not None
+    removed: list[int] = []
+
+    def remove_once(n: int) -> None:
+        if not removed:
+            removed.append(n)
+            client.api.remove_image(built.image_id, force=True)
+
+    cache = ImageCache(tmp_path / "cache")
+    with cache.writing() as writer, pytest.raises(EngineError, match="export"):
+        source.copy([found], writer, compress="none", known_layers={}, on_bytes=remove_once)
+    assert removed == [MiB]
+    assert built.diff_ids[0][7:] not in blobs(tmp_path / "cache")
+    client.close()
+
+
+def _wanted_ref(written: str) -> Wanted:
+    ref = parse_image_ref(written)
+    return Wanted(ref.with_default_tag().canonical, (ref,), essential=True)
+
+
+# Where the data root can't be read directly: docker save, the same result.
+
+
+def test_not_root_copies_with_docker_save(
+    tmp_path: Path,
+    daemon: DockerDaemon,
+    proxy: SocketProxy,
+    published_images: dict[str, PublishedImage],
+) -> None:
+    if shutil.which("setpriv") is None:
+        pytest.fail("needs setpriv (util-linux)")
+    refs = [image.tag_ref for image in published_images.values()]
+    direct = tmp_path / "direct"
+    assert cache_img(daemon.host, direct, "--compress", "none", *refs).returncode == 0
+    nobody = pwd.getpwnam("nobody")
+    work = Path(tempfile.mkdtemp(prefix="fb-nobody-"))
+    try:
+        work.chmod(0o755)
+        cache = work / "cache"
+        cache.mkdir()
+        os.chown(cache, nobody.pw_uid, nobody.pw_gid)
+        proxy.dir.chmod(0o755)
+        proxy.path.chmod(0o666)
+        argv = [
+            "setpriv",
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            "--",
+            *command("-v", "cache-img", "--cache-dir", str(cache), "--compress", "none", *refs),
+        ]
+        env = {**product_env(proxy.host), "HOME": "/nonexistent"}
+        result = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "copying images with docker save: couldn't read Docker's store directly" in (
+            result.stderr
+        )
+        assert len([p for p in proxy.paths("GET") if SAVE_CALL in p]) == 1
+        assert blobs(cache) == blobs(direct)
+        assert entries(cache) == entries(direct)
+    finally:
+        shutil.rmtree(work)
+
+
+def test_another_storage_driver_copies_with_docker_save(
+    tmp_path: Path,
+    fresh_dockerd: DaemonFactory,
+    daemon: DockerDaemon,
+    published_images: dict[str, PublishedImage],
+) -> None:
+    refs = [published_images[name].tag_ref for name in ("alpha", "gamma")]
+    vfs = fresh_dockerd(extra_args=("--storage-driver", "vfs"))
+    client = vfs.client()
+    for name in ("alpha", "gamma"):
+        images.pull(client, published_images[name])
+    client.close()
+    direct, saved = tmp_path / "direct", tmp_path / "saved"
+    assert cache_img(daemon.host, direct, "--compress", "none", *refs).returncode == 0
+    result = cache_img(vfs.host, saved, "--compress", "none", *refs)
+    assert result.returncode == 0, result.stderr
+    assert "copying images with docker save: couldn't read Docker's store directly: " in (
+        result.stderr
+    )
+    assert "storage driver 'vfs'" in result.stderr
+    assert blobs(saved) == blobs(direct)
+    assert entries(saved) == entries(direct)
+
+
+# Memory: bounded whatever the image size, the encoder's helpers counted.
+
+
+def peak_tree_rss(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """(exit code, peak of the summed RSS of the process and all its descendants)."""
+    proc = psutil.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            tree = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += member.memory_info().rss
+        peak = max(peak, total)
+        time.sleep(0.02)
+    proc.wait()
+    return proc.returncode, peak
+
+
+@pytest.fixture
+def large_image(daemon: DockerDaemon) -> str:
+    """busybox and four layers of 48 MiB of random bytes (incompressible: the encoders' worst)."""
+    client = daemon.client()
+    rng = random.Random(48)
+    layers = [images.busybox_layer()]
+    layers += [Layer({f"data/{i}.bin": (rng.randbytes(48 * MiB), 0o644)}) for i in range(4)]
+    built = images.build_image(client, layers, "large")
+    client.close()
+    return built.ref
+
+
+@pytest.mark.parametrize("compress", ["gzip", "none"])
+def test_peak_memory_stays_below_100_mb(
+    tmp_path: Path, daemon: DockerDaemon, large_image: str, compress: str
+) -> None:
+    argv = command("cache-img", "--cache-dir", str(tmp_path / "c"), "--compress", compress)
+    code, peak = peak_tree_rss([*argv, large_image], product_env(daemon.host))
+    assert code == 0
+    print(f"\npeak RSS of cache-img --compress {compress} (196 MiB image): {peak / 1e6:.1f} MB")
+    assert peak < 100e6
