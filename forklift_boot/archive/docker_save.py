@@ -5,7 +5,6 @@ The stream is read with fixed buffers: a layer never sits in memory whole.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import posixpath
 import tarfile
@@ -13,14 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from forklift_boot.archive.gzip import ParallelGzip
+from forklift_boot.archive.layer_blobs import StoredLayer, store_layer
 from forklift_boot.archive.streams import ChunkReader, Prefixed, parse_json
 from forklift_boot.cache import (
     BUFFER_SIZE,
     MAX_JSON_BLOB_SIZE,
     MEDIA_OCI_CONFIG,
-    MEDIA_OCI_LAYER,
-    MEDIA_OCI_LAYER_GZIP,
     MEDIA_OCI_MANIFEST,
     CacheWriter,
     Descriptor,
@@ -44,18 +41,11 @@ class ImportedImage:
 
 
 @dataclass
-class _Layer:
-    blob: Descriptor
-    diff_id: str
-    is_new: bool
-
-
-@dataclass
 class _SaveStream:
     writer: CacheWriter
     compress: str
     known_layers: Mapping[str, Descriptor]
-    layers: dict[str, _Layer] = field(default_factory=dict)  # archive path -> stored layer
+    layers: dict[str, StoredLayer] = field(default_factory=dict)  # archive path -> stored layer
     configs: dict[str, Descriptor] = field(default_factory=dict)  # archive path -> config blob
     config_docs: dict[str, Any] = field(default_factory=dict)
     new_config_bytes: dict[str, int] = field(default_factory=dict)
@@ -128,32 +118,13 @@ def _take_member(archive: tarfile.TarFile, member: tarfile.TarInfo, stream: _Sav
     # Anything else (VERSION, v1 json, repositories, index.json, oci-layout) is derived data.
 
 
-def _store_layer(body: IO[bytes], stream: _SaveStream) -> _Layer:
-    with stream.writer.blob_writer() as blob:
-        if stream.compress == "gzip":
-            diff_hash = hashlib.sha256()
-            gzip = ParallelGzip(level=1)
-            try:
-                while chunk := body.read(BUFFER_SIZE):
-                    diff_hash.update(chunk)
-                    for compressed in gzip.write(chunk):
-                        blob.write(compressed)
-                for compressed in gzip.finish():
-                    blob.write(compressed)
-            finally:
-                gzip.close()
-            media_type, diff_id = MEDIA_OCI_LAYER_GZIP, f"sha256:{diff_hash.hexdigest()}"
-        else:
-            blob.copy_from(body)
-            # Stored as it came: the blob's own digest is the diff ID (one hash, not two).
-            media_type, diff_id = MEDIA_OCI_LAYER, blob.digest
-        known = stream.known_layers.get(diff_id)
-        if known is not None:
-            # The cache has this layer (perhaps compressed another way): keep that copy.
-            blob.discard()
-            return _Layer(known, diff_id, is_new=False)
-        stored = blob.commit()
-    return _Layer(Descriptor(media_type, stored.digest, stored.size), diff_id, is_new=stored.is_new)
+def _store_layer(body: IO[bytes], stream: _SaveStream) -> StoredLayer:
+    return store_layer(
+        iter(lambda: body.read(BUFFER_SIZE), b""),
+        stream.writer,
+        compress=stream.compress,
+        known_layers=stream.known_layers,
+    )
 
 
 def _store_image(entry: Any, stream: _SaveStream) -> ImportedImage:
@@ -195,7 +166,7 @@ def _store_image(entry: Any, stream: _SaveStream) -> ImportedImage:
     )
 
 
-def _credit_new_layers(layers: list[_Layer], counted: set[str]) -> int:
+def _credit_new_layers(layers: list[StoredLayer], counted: set[str]) -> int:
     """Bytes of new layers not yet credited to another image of the stream (shared: once)."""
     total = 0
     for layer in layers:

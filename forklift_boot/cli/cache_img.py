@@ -184,7 +184,8 @@ COMMAND = Command(
     "Copies the required images out of Docker or from registries into the image cache",
     description=(
         "Copies every required image that the cache lacks out of Docker (DOCKER_HOST "
-        "honoured), with one `docker save` stream, or with --from registry from the images' "
+        "honoured), straight from its classic store's data root when it can read it, else "
+        "with one `docker save` stream, or with --from registry from the images' "
         "registries with no daemon. From the stage store it keeps every bundle a device may "
         "fall back to."
     ),

@@ -17,21 +17,31 @@ _REQUEST_LINE = re.compile(rb"(GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n"
 
 
 class SocketProxy:
-    def __init__(self, target_socket: Path) -> None:
+    """``tcp=True`` listens on a loopback TCP port instead: a DOCKER_HOST of ``tcp://``, as a
+    remote Docker is reached."""
+
+    def __init__(self, target_socket: Path, *, tcp: bool = False) -> None:
         self.target = str(target_socket)
         self.dir = Path(tempfile.mkdtemp(prefix="fb-p"))
         self.path = self.dir / "proxy.sock"
         self.bytes_to_daemon = 0
         self.requests: list[tuple[str, str]] = []  # (method, path) as seen on the wire
         self._lock = threading.Lock()
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(self.path))
+        self._tcp = tcp
+        if tcp:
+            self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._server.bind(("127.0.0.1", 0))
+        else:
+            self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._server.bind(str(self.path))
         self._server.listen(16)
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
     @property
     def host(self) -> str:
+        if self._tcp:
+            return f"tcp://127.0.0.1:{self._server.getsockname()[1]}"
         return f"unix://{self.path}"
 
     def reset(self) -> None:

@@ -483,6 +483,10 @@ def test_the_package_control_fields(deb: Path) -> None:
         assert f"{package} (>= {floor})" in depends, (requirement, depends)
     assert "docker.io | docker-ce | containerd" in depends
     assert all(d.startswith(("python3", "docker.io")) for d in depends), depends
+    # The optional extras (PyPI's isal) never become Depends: of the .deb; Debian's isal
+    # package (the igzip program) is recommended in their place.
+    assert not [d for d in depends if "isal" in d], depends
+    assert {"zstd", "isal"} <= relations(dpkg_deb("-f", str(deb), "Recommends"))
 
 
 def members(deb: Path) -> Iterator[tarfile.TarInfo]:

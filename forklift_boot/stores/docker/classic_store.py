@@ -136,7 +136,16 @@ class ClassicStore:
                 f"(only {', '.join(SUPPORTED_DRIVERS)} is supported)"
             )
         for path in (self.image_dir / "layerdb" / "sha256", self.root / self.driver):
-            if not path.is_dir():
+            try:
+                # Path.is_dir raises PermissionError (not False) below a directory it can't search.
+                is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+            except FileNotFoundError:
+                is_dir = False
+            except OSError as err:
+                raise DirectReadError(
+                    f"couldn't read Docker's store directly: {path}: {err.strerror}"
+                ) from err
+            if not is_dir:
                 raise DirectReadError(f"couldn't read Docker's store directly: no {path}")
             if not os.access(path, os.R_OK | os.X_OK):
                 raise DirectReadError(f"couldn't read Docker's store directly: {path} not readable")

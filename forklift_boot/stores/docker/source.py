@@ -1,8 +1,11 @@
-"""Docker as an image source: copies images out with one ``docker save`` stream."""
+"""Docker as an image source: copies images out of its store directly or with ``docker save``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from forklift_boot.archive.docker_save import import_docker_save
 from forklift_boot.archive.oci_layout import (
@@ -15,14 +18,25 @@ from forklift_boot.errors import EngineError, ImageRefError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
 from forklift_boot.platforms import platform_object
 from forklift_boot.refs import ImageRef, parse_image_ref
-from forklift_boot.stores.docker.engine import DockerEngine, ImageInfo
+from forklift_boot.stores.docker.classic_store import ClassicStore, DirectReadError, ReadCounter
+from forklift_boot.stores.docker.direct_copy import copy_direct
+from forklift_boot.stores.docker.engine import DockerEngine, EngineInfo, ImageInfo
+
+log = logging.getLogger(__name__)
+
+# A Docker socket on this machine; tcp://, ssh:// and http(s):// may be another machine, whose
+# data root (same path or not) is not the one this process would read.
+LOCAL_SCHEMES = ("unix", "http+unix")
 
 
 class DockerSource:
-    """Copies images out of a Docker daemon with one ``docker save`` stream.
+    """Copies images out of a Docker daemon.
 
-    From the classic store the stream holds layer tars (compressed here, as asked); from the
-    containerd image store, the registry's own manifests and compressed blobs, kept as they are.
+    From the classic store, straight from its data root when this process can read it
+    (direct_copy.py: on this machine, overlay2, readable), else, and for any image that doesn't
+    check out that way, with one ``docker save`` stream; layers are compressed here, as asked.
+    From the containerd image store, ``docker save``'s OCI layout: the registry's own manifests
+    and compressed blobs, kept as they are.
     """
 
     def __init__(self, engine: DockerEngine, *, all_platforms: bool = False) -> None:
@@ -30,13 +44,21 @@ class DockerSource:
         self.all_platforms = all_platforms  # the containerd image store may hold several
         self.description = f"Docker at {engine.base_url}"
         self._found_as: dict[str, str] = {}  # canonical name -> the ref Docker resolved
-        self._is_containerd_store: bool | None = None
+        self._info: EngineInfo | None = None
+        self._direct: ClassicStore | None = None
+        self._direct_checked = False
+        self._copied: dict[str, CopiedImage] = {}  # by image ID, copied directly in this run
+        self._not_direct: set[str] = set()  # image IDs whose direct copy failed in this run
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            self._info = self.engine.info()
+        return self._info
 
     @property
     def is_containerd_store(self) -> bool:
-        if self._is_containerd_store is None:
-            self._is_containerd_store = self.engine.info().is_containerd_store
-        return self._is_containerd_store
+        return self.info.is_containerd_store
 
     def find(self, wanted: Wanted) -> SourceImage | None:
         for ref in wanted.refs:
@@ -63,8 +85,72 @@ class DockerSource:
     ) -> dict[str, CopiedImage]:
         if self.is_containerd_store:
             return self._copy_layout(images, writer, on_bytes)
-        # By image ID: one name per image, and the saved manifest.json needs no tags.
         image_ids = sorted({image.image_id for image in images})
+        # A run that retries images one at a time (after docker save failed for one of them)
+        # neither reads again what it copied directly, nor tries again what failed that way.
+        copied = {i: self._copied[i] for i in image_ids if i in self._copied}
+        to_read = [i for i in image_ids if i not in copied and i not in self._not_direct]
+        store = self._direct_store() if to_read else None
+        if store is not None:
+            direct = copy_direct(
+                store,
+                to_read,
+                writer,
+                compress=compress,
+                known_layers=known_layers,
+                on_bytes=on_bytes,
+            )
+            counter = store.counter
+            log.debug(
+                "read %d bytes in %d files of %d layers from Docker's data root; "
+                "%d layers the cache has were not read",
+                counter.bytes_read,
+                counter.files_opened,
+                direct.layers_read,
+                direct.layers_skipped,
+            )
+            for image_id, reason in sorted(direct.failed.items()):
+                log.warning("copying %s with docker save: %s", image_id, reason)
+                self._not_direct.add(image_id)
+            self._copied.update(direct.copied)
+            copied.update(direct.copied)
+            known_layers = {**known_layers, **direct.stored_layers}
+        saved = [i for i in image_ids if i not in copied]
+        if saved:
+            copied.update(self._copy_saved(saved, writer, compress, known_layers, on_bytes))
+        return copied
+
+    def _direct_store(self) -> ClassicStore | None:
+        """Docker's classic store, when this process can read it as dockerd does; else None
+        (said once), and images are copied with ``docker save``."""
+        if self._direct_checked:
+            return self._direct
+        self._direct_checked = True
+        scheme = urlsplit(self.engine.base_url).scheme
+        if scheme not in LOCAL_SCHEMES:
+            reason = f"Docker at {self.engine.base_url} is not on this machine"
+        else:
+            info = self.info
+            store = ClassicStore(Path(info.data_root), info.storage_driver, ReadCounter())
+            try:
+                store.check()
+            except DirectReadError as err:
+                reason = str(err)
+            else:
+                self._direct = store
+                return store
+        log.info("copying images with docker save: %s", reason)
+        return None
+
+    def _copy_saved(
+        self,
+        image_ids: Sequence[str],
+        writer: CacheWriter,
+        compress: str,
+        known_layers: Mapping[str, Descriptor],
+        on_bytes: ByteCounter,
+    ) -> dict[str, CopiedImage]:
+        # By image ID: one name per image, and the saved manifest.json needs no tags.
         imported = import_docker_save(
             self.engine.save(image_ids),
             writer,
