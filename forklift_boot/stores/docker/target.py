@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from forklift_boot.faults import checkpoint
 from forklift_boot.images import ByteCounter, LoadPlan, Wanted
 from forklift_boot.refs import ImageRef
 from forklift_boot.stores.docker import daemon, refstore
+from forklift_boot.stores.docker.classic_store import chain_ids
 from forklift_boot.stores.docker.engine import DockerEngine, EngineInfo
 from forklift_boot.systemd import SystemdManager
 
@@ -183,18 +183,6 @@ class DockerTarget:
 
     def _is_local(self) -> bool:
         return self.engine.base_url.startswith("unix://")
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """The image spec's ChainID of every layer prefix."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(diff_id)
-        else:
-            text = f"{chains[-1]} {diff_id}".encode()
-            chains.append("sha256:" + hashlib.sha256(text).hexdigest())
-    return chains
 
 
 def _repo_tags(wanted: Wanted) -> tuple[str, ...]:
