@@ -231,7 +231,9 @@ def cases(python: str) -> list[Case]:
     have = {choice.name for choice in available_encoders()}
     found: list[Case] = [
         Case("zlib, one stream, this thread", 1, 1, (*module, "zlib-stream", "1", "1")),
-        Case("zlib: ParallelGzip, 4 MiB blocks", 1, cores, (*module, "zlib", "1", str(cores))),
+        Case(
+            "zlib: cache-img's fallback, 1 MiB blocks", 1, cores, (*module, "zlib", "1", str(cores))
+        ),
         Case("zlib: 1 MiB blocks in threads", 1, cores, (*module, "module:zlib", "1", str(cores))),
     ]
     if "isal" in have:

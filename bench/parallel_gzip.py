@@ -1,4 +1,4 @@
-"""Compresses one file with forklift-boot's own gzip (level 1, 4 MiB members on every core).
+"""Compresses one file with the gzip encoder cache-img picks (level 1; archive/gzip_encoders.py).
 
     .venv/pypi/bin/python -m bench.parallel_gzip IN OUT
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from forklift_boot.archive.gzip import ParallelGzip
+from forklift_boot.archive.gzip_encoders import open_gzip_encoder
 
 CHUNK = 1 << 20  # what cache-img reads at a time (forklift_boot.cache.BUFFER_SIZE)
 
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     source, destination = argv
-    gzip = ParallelGzip(level=1)
+    gzip = open_gzip_encoder(level=1)
     try:
         with open(source, "rb") as inp, open(destination, "wb") as out:
             while chunk := inp.read(CHUNK):

@@ -71,8 +71,8 @@ class GzipEncoder(Protocol):
 
 class ZlibGzip:
     """zlib blocks in threads, cut as the library encoders cut them (LIBRARY_BLOCK_SIZE);
-    deterministic. ParallelGzip's 4 MiB blocks would hold 2 * 4 * 4 MiB in flight per stream
-    (80 MB peak measured with its output); 1 MiB blocks cost 0.1% in size."""
+    deterministic. 4 MiB blocks (the earlier encoder's) would hold 2 * 4 * 4 MiB in flight per
+    stream (80 MB peak measured with its output); 1 MiB blocks cost 0.1% in size."""
 
     name = "zlib"
 
@@ -95,8 +95,8 @@ class ZlibGzip:
 class ThreadedBlockGzip:
     """Compresses ``block_size`` blocks in threads, each a gzip member; deterministic.
 
-    Like ParallelGzip, with another zlib-compatible module (its ``compressobj``) in place of
-    zlib; at most ``2 * workers`` blocks are in flight.
+    With any zlib-compatible module (its ``compressobj``): zlib itself, isal's or zlib-ng's;
+    at most ``2 * workers`` blocks are in flight.
     """
 
     def __init__(

@@ -16,7 +16,6 @@ from types import FrameType, ModuleType
 import psutil
 import pytest
 
-from forklift_boot.archive import gzip as compression
 from forklift_boot.archive.gzip_encoders import (
     LIBRARY_BLOCK_SIZE,
     MAX_WORKERS,
@@ -39,8 +38,8 @@ SIZES = (
     1,
     LIBRARY_BLOCK_SIZE,
     LIBRARY_BLOCK_SIZE + 1,
-    compression.BLOCK_SIZE,
-    3 * compression.BLOCK_SIZE + 12345,
+    4 * LIBRARY_BLOCK_SIZE,
+    12 * LIBRARY_BLOCK_SIZE + 12345,
 )
 
 
