@@ -1,0 +1,330 @@
+"""cache-img takes blobs from containerd's content store directory (issue 12): a standalone
+containerd (``--from containerd``, its root found by introspection) and Docker 26 with the
+containerd image store (``--from docker --containerd-root``: Docker does not report it).
+
+The cache's layers are hard links of the content store's files (same inode, two links) when
+both are on one mount; the cache holds exactly the registry's blobs byte for byte; removing the
+images and the engine's garbage collection leave the cache intact and loadable with the registry
+stopped; across mounts (a tmpfs cache) and with ``--link=false`` the layers are copies; ``cache
+verify`` finds a block damaged in the shared file; at most 1 MB is written per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from forklift_boot import cli
+from tests.testbed.containerd_store import ContainerdStoreDaemon
+from tests.testbed.images import PublishedImage
+from tests.testbed.registry import Registry
+from tests.testbed.stores import ImageStore
+
+pytestmark = [pytest.mark.docker, pytest.mark.containerd, pytest.mark.registry]
+
+Capture = pytest.CaptureFixture[str]
+
+CONTENT_DIR = "io.containerd.content.v1.content"
+MB = 1 << 20
+STORES = ("containerd-default", "docker-containerd-store")
+
+
+@dataclass(frozen=True)
+class LinkedStore:
+    store: ImageStore
+    root: Path  # containerd's root directory, as the host sees it
+    source_args: tuple[str, ...]  # cache-img's, with --containerd-root where Docker needs it
+
+    def content_path(self, digest: str) -> Path:
+        return self.root / CONTENT_DIR / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+@pytest.fixture(params=STORES)
+def linked(
+    request: pytest.FixtureRequest, published_images: dict[str, PublishedImage]
+) -> Iterator[LinkedStore]:
+    """The store with the published images pulled from the registry; emptied afterwards."""
+    store: ImageStore = request.getfixturevalue("image_stores")(request.param)
+    store.remove_all(published_images.values())
+    if request.param == "docker-containerd-store":
+        daemon: ContainerdStoreDaemon = request.getfixturevalue("containerd_store_dockerd")
+        root = daemon.containerd_root
+        args = (*store.source_args, "--containerd-root", str(root))
+    else:
+        root = request.getfixturevalue("containerd").dir / "root"
+        args = store.source_args  # containerd says where its content store is
+    store.put(published_images.values())
+    yield LinkedStore(store, root, args)
+    store.remove_all(published_images.values())
+
+
+def run(capsys: Capture, store: ImageStore, *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv), env={"DOCKER_HOST": store.docker_host, "HOME": "/nonexistent"})
+    return code, capsys.readouterr().err
+
+
+def written_bytes() -> int:
+    """This process's bytes sent to storage so far (/proc/self/io, write_bytes)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "write_bytes":
+            return int(value)
+    raise AssertionError("no write_bytes in /proc/self/io")
+
+
+def registry_blobs(
+    registry: Registry, published: dict[str, PublishedImage]
+) -> dict[str, tuple[str, str]]:
+    """digest -> (repository, kind) of every blob the registry serves for the images: each
+    manifest, config and layer."""
+    blobs: dict[str, tuple[str, str]] = {}
+    for image in published.values():
+        repo = image.registry_repo
+        body = registry.manifest(repo, image.tag)
+        blobs[registry.manifest_digest(repo, image.tag)] = (repo, "manifest")
+        document = json.loads(body)
+        blobs[document["config"]["digest"]] = (repo, "config")
+        for layer in document["layers"]:
+            blobs[layer["digest"]] = (repo, "layer")
+    return blobs
+
+
+def registry_bytes(registry: Registry, repo: str, kind: str, digest: str) -> bytes:
+    path = "manifests" if kind == "manifest" else "blobs"
+    with urllib.request.urlopen(f"{registry.url}/v2/{repo}/{path}/{digest}", timeout=10) as r:
+        data: bytes = r.read()
+    return data
+
+
+def cache_blobs(cache: Path) -> dict[str, os.stat_result]:
+    return {f"sha256:{p.name}": p.lstat() for p in (cache / "blobs" / "sha256").iterdir()}
+
+
+def tag_refs(published: dict[str, PublishedImage]) -> list[str]:
+    return [image.tag_ref for image in published.values()]
+
+
+def wait_collected(linked: LinkedStore, digests: list[str], timeout: float = 30) -> None:
+    """Until the engine's garbage collector has unlinked every one of ``digests``."""
+    deadline = time.monotonic() + timeout
+    while any(linked.content_path(digest).exists() for digest in digests):
+        assert time.monotonic() < deadline, "the engine kept the blobs after the images went"
+        time.sleep(0.1)
+
+
+def test_layers_are_the_content_stores_files_and_outlive_the_engines_copy(
+    capsys: Capture,
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+    registry: Registry,
+) -> None:
+    store = linked.store
+    cache = tmp_path / "cache"
+    expected = registry_blobs(registry, published_images)
+    before = written_bytes()
+    code, err = run(
+        capsys,
+        store,
+        "cache-img",
+        *linked.source_args,
+        "--cache-dir",
+        str(cache),
+        *tag_refs(published_images),
+    )
+    written = written_bytes() - before
+    assert code == 0, err
+    assert "exporting it instead" not in err, err
+    blobs = cache_blobs(cache)
+    # Exactly the registry's blobs, byte for byte.
+    assert set(blobs) == set(expected)
+    for digest, (repo, kind) in expected.items():
+        data = (cache / "blobs" / "sha256" / digest[7:]).read_bytes()
+        assert data == registry_bytes(registry, repo, kind, digest), (kind, digest)
+    layers = [digest for digest, (_, kind) in expected.items() if kind == "layer"]
+    assert layers
+    for digest in layers:
+        shared = linked.content_path(digest).stat()
+        assert (blobs[digest].st_dev, blobs[digest].st_ino) == (shared.st_dev, shared.st_ino)
+        assert blobs[digest].st_nlink >= 2
+    # Nothing but the small blobs and the index is written: at most 1 MB per image.
+    assert written <= MB * len(published_images), written
+
+    store.remove_all(published_images.values())
+    wait_collected(linked, layers)
+    for digest in layers:
+        assert cache_blobs(cache)[digest].st_nlink == 1
+    code, err = run(capsys, store, "cache", "verify", "--cache-dir", str(cache))
+    assert code == 0, err
+    with registry.offline():
+        code, err = run(
+            capsys,
+            store,
+            "load-img",
+            *store.target_args,
+            "--cache-dir",
+            str(cache),
+            *tag_refs(published_images),
+        )
+        assert code == 0, err
+        store.assert_resolves(published_images.values(), tag_refs(published_images))
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "link=false"])
+def test_across_mounts_or_with_link_false_layers_are_copies(
+    capsys: Capture,
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+    *,
+    registry: Registry,
+    how: str,
+) -> None:
+    if how == "tmpfs":
+        cache_parent = Path(tempfile.mkdtemp(prefix="fb-links-", dir="/dev/shm"))
+        assert cache_parent.stat().st_dev != linked.root.stat().st_dev
+        extra: tuple[str, ...] = ()
+    else:
+        cache_parent = tmp_path
+        extra = ("--link=false",)
+    try:
+        cache = cache_parent / "cache"
+        code, err = run(
+            capsys,
+            linked.store,
+            "cache-img",
+            *linked.source_args,
+            *extra,
+            "--cache-dir",
+            str(cache),
+            *tag_refs(published_images),
+        )
+        assert code == 0, err
+        assert "exporting it instead" not in err, err
+        expected = registry_blobs(registry, published_images)
+        blobs = cache_blobs(cache)
+        assert set(blobs) == set(expected)
+        for digest, (_, kind) in expected.items():
+            if kind != "layer":
+                continue
+            assert blobs[digest].st_nlink == 1, digest
+            assert blobs[digest].st_ino != linked.content_path(digest).stat().st_ino
+            # A copy, hashed as it was written: same bytes as the engine's.
+            data = (cache / "blobs" / "sha256" / digest[7:]).read_bytes()
+            assert data == linked.content_path(digest).read_bytes()
+        code, err = run(capsys, linked.store, "cache", "verify", "--cache-dir", str(cache))
+        assert code == 0, err
+    finally:
+        shutil.rmtree(cache_parent, ignore_errors=True)
+
+
+def test_cache_verify_finds_a_block_damaged_in_the_shared_file(
+    capsys: Capture,
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+    registry: Registry,
+) -> None:
+    cache = tmp_path / "cache"
+    code, err = run(
+        capsys,
+        linked.store,
+        "cache-img",
+        *linked.source_args,
+        "--cache-dir",
+        str(cache),
+        *tag_refs(published_images),
+    )
+    assert code == 0, err
+    layer = next(
+        d for d, (_, k) in registry_blobs(registry, published_images).items() if k == "layer"
+    )
+    # The damage happens to the engine's file: the cache's is the same inode. Undone afterwards,
+    # as the engine is shared with other tests.
+    with linked.content_path(layer).open("r+b") as file:
+        first = file.read(1)
+        file.seek(0)
+        file.write(bytes([first[0] ^ 0xFF]))
+    try:
+        code = cli.main(
+            ["cache", "verify", "--cache-dir", str(cache)], env={"HOME": "/nonexistent"}
+        )
+        out = capsys.readouterr().out
+    finally:
+        with linked.content_path(layer).open("r+b") as file:
+            file.write(first)
+    assert code == 1, out
+    assert layer in out, out
+
+
+def test_a_blob_missing_from_the_content_store_falls_back_to_the_export(
+    capsys: Capture,
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+    registry: Registry,
+) -> None:
+    """A root whose content store lacks the layers (as after a lazy pull): the images come
+    from the engine's export stream instead, the same blobs, none of them links."""
+    expected = registry_blobs(registry, published_images)
+    partial = tmp_path / "root"
+    blobs_dir = partial / CONTENT_DIR / "blobs" / "sha256"
+    blobs_dir.mkdir(parents=True)
+    for digest, (_, kind) in expected.items():
+        if kind != "layer":
+            shutil.copyfile(linked.content_path(digest), blobs_dir / digest[7:])
+    args = [a for a in linked.source_args if a != str(linked.root) and a != "--containerd-root"]
+    cache = tmp_path / "cache"
+    code, err = run(
+        capsys,
+        linked.store,
+        "cache-img",
+        *args,
+        "--containerd-root",
+        str(partial),
+        "--cache-dir",
+        str(cache),
+        *tag_refs(published_images),
+    )
+    assert code == 0, err
+    assert "exporting it instead" in err, err
+    blobs = cache_blobs(cache)
+    assert set(blobs) == set(expected)
+    assert all(blobs[d].st_nlink == 1 for d, (_, k) in expected.items() if k == "layer")
+    code, err = run(capsys, linked.store, "cache", "verify", "--cache-dir", str(cache))
+    assert code == 0, err
+
+
+def test_a_containerd_root_without_a_content_store_is_a_usage_error(
+    capsys: Capture,
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+) -> None:
+    args = [a for a in linked.source_args if a != str(linked.root) and a != "--containerd-root"]
+    code, err = run(
+        capsys,
+        linked.store,
+        "cache-img",
+        *args,
+        "--containerd-root",
+        str(tmp_path),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *tag_refs(published_images),
+    )
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert f"--containerd-root {tmp_path}" in lines[0], err
+    assert "config.toml" in lines[0], err
+    assert not (tmp_path / "cache").exists()
