@@ -255,13 +255,59 @@ def run_docker_store(ctx: Context, store: ContainerdStoreDaemon) -> dict[str, in
         [Command(("docker", "save", "-o", str(saved), *refs))],
         output=saved,
     )
+    root = ("--containerd-root", str(store.containerd_root))
+    # Before issue 12's content store links: one `docker save` stream (no content store given,
+    # and this host's containerd configuration names none that exists).
+    streamed = ctx.path("cache-docker-stream")
     step(
         ctx,
         export,
-        "forklift-boot cache-img --from docker",
+        "forklift-boot cache-img --from docker (docker save stream)",
         [
             _forklift_boot(
-                ctx, "cache-img", "--cache-dir", str(cache), "--from", "docker", report=report
+                ctx, "cache-img", "--cache-dir", str(streamed), "--from", "docker", report=report
+            )
+        ],
+        output=streamed,
+        check=check_report(report, "cached", len(names)),
+    )
+    remove(streamed)
+    copied = ctx.path("cache-docker-copy")
+    step(
+        ctx,
+        export,
+        "forklift-boot cache-img --from docker --link=false",
+        [
+            _forklift_boot(
+                ctx,
+                "cache-img",
+                "--cache-dir",
+                str(copied),
+                "--from",
+                "docker",
+                *root,
+                "--link=false",
+                report=report,
+            )
+        ],
+        output=copied,
+        check=check_report(report, "cached", len(names)),
+    )
+    remove(copied)
+    step(
+        ctx,
+        export,
+        "forklift-boot cache-img --from docker --containerd-root (links)",
+        [
+            _forklift_boot(
+                ctx,
+                "cache-img",
+                "--cache-dir",
+                str(cache),
+                "--from",
+                "docker",
+                *root,
+                report=report,
             )
         ],
         output=cache,
@@ -363,10 +409,32 @@ def run_containerd(ctx: Context, instance: Containerd) -> dict[str, int]:
         [Command((*ctr, "images", "export", str(exported), *refs))],
         output=exported,
     )
+    copied = ctx.path("cache-containerd-copy")
     step(
         ctx,
         export,
-        "forklift-boot cache-img --from containerd",
+        "forklift-boot cache-img --from containerd --link=false",
+        [
+            _forklift_boot(
+                ctx,
+                "cache-img",
+                "--cache-dir",
+                str(copied),
+                "--from",
+                "containerd",
+                *address,
+                "--link=false",
+                report=report,
+            )
+        ],
+        output=copied,
+        check=check_report(report, "cached", len(names)),
+    )
+    remove(copied)
+    step(
+        ctx,
+        export,
+        "forklift-boot cache-img --from containerd (links)",
         [
             _forklift_boot(
                 ctx,
