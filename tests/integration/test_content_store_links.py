@@ -11,6 +11,7 @@ verify`` finds a block damaged in the shared file; at most 1 MB is written per i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,12 +21,17 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import docker
+import docker.errors
 import pytest
 
 from forklift_boot import cli
+from tests.testbed import images
 from tests.testbed.containerd_store import ContainerdStoreDaemon
 from tests.testbed.images import PublishedImage
+from tests.testbed.multi_platform import BuiltMulti
 from tests.testbed.registry import Registry
 from tests.testbed.stores import ImageStore
 
@@ -107,6 +113,15 @@ def registry_bytes(registry: Registry, repo: str, kind: str, digest: str) -> byt
 
 def cache_blobs(cache: Path) -> dict[str, os.stat_result]:
     return {f"sha256:{p.name}": p.lstat() for p in (cache / "blobs" / "sha256").iterdir()}
+
+
+def config_of(manifest: bytes) -> str:
+    digest: str = json.loads(manifest)["config"]["digest"]
+    return digest
+
+
+def layers_of(manifest: bytes) -> set[str]:
+    return {layer["digest"] for layer in json.loads(manifest)["layers"]}
 
 
 def tag_refs(published: dict[str, PublishedImage]) -> list[str]:
@@ -328,3 +343,108 @@ def test_a_containerd_root_without_a_content_store_is_a_usage_error(
     assert f"--containerd-root {tmp_path}" in lines[0], err
     assert "config.toml" in lines[0], err
     assert not (tmp_path / "cache").exists()
+
+
+def test_layers_the_cache_has_are_not_taken_again(
+    capsys: Capture,
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+    registry: Registry,
+) -> None:
+    """Known layers are skipped by digest: a content store that lacks them (here a root with
+    every blob but the first image's layers) still serves the other images, no export."""
+    first, *others = published_images.values()
+    cache = tmp_path / "cache"
+    code, err = run(
+        capsys,
+        linked.store,
+        "cache-img",
+        *linked.source_args,
+        "--cache-dir",
+        str(cache),
+        first.tag_ref,
+    )
+    assert code == 0, err
+    first_layers = {
+        d for d, (_, k) in registry_blobs(registry, {"": first}).items() if k == "layer"
+    }
+    partial = tmp_path / "root"
+    blobs_dir = partial / CONTENT_DIR / "blobs" / "sha256"
+    blobs_dir.mkdir(parents=True)
+    expected = registry_blobs(registry, published_images)
+    for digest in expected:
+        if digest not in first_layers:
+            shutil.copyfile(linked.content_path(digest), blobs_dir / digest[7:])
+    args = [a for a in linked.source_args if a != str(linked.root) and a != "--containerd-root"]
+    code, err = run(
+        capsys,
+        linked.store,
+        "cache-img",
+        *args,
+        "--containerd-root",
+        str(partial),
+        "--cache-dir",
+        str(cache),
+        *tag_refs(published_images),
+    )
+    assert code == 0, err
+    assert "exporting it instead" not in err, err
+    blobs = cache_blobs(cache)
+    assert set(blobs) == set(expected)
+    for digest, (_, kind) in expected.items():
+        if kind == "layer" and digest not in first_layers:
+            assert blobs[digest].st_ino == (blobs_dir / digest[7:]).stat().st_ino, digest
+    assert others  # the other images brought layers of their own
+    assert any(d not in first_layers for d, (_, k) in expected.items() if k == "layer")
+
+
+def test_a_pulled_index_is_linked_for_this_platform_or_all_pulled_ones(
+    capsys: Capture,
+    tmp_path: Path,
+    image_stores: Any,
+    containerd_store_dockerd: ContainerdStoreDaemon,
+    built_multi: BuiltMulti,
+) -> None:
+    """Docker 26 with two platforms of an index pulled: the index as it is, this machine's
+    platform (or with --all-platforms both), layers linked."""
+    store: ImageStore = image_stores("docker-containerd-store")
+    root = containerd_store_dockerd.containerd_root
+    client = docker.DockerClient(base_url=store.docker_host)
+    for ref in ("fbmulti:1.0", f"fbmulti@{built_multi.index_digest}"):
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.api.remove_image(ref, force=True)
+    try:
+        images.pull_ref(client, "fbmulti:1.0", platform="linux/arm64")
+        images.pull_ref(client, "fbmulti:1.0")
+        amd64, arm64 = built_multi.manifests["amd64"], built_multi.manifests["arm64"]
+        one = {built_multi.index_digest, amd64.digest, config_of(amd64.data)}
+        one |= layers_of(amd64.data)
+        every = one | {arm64.digest, config_of(arm64.data)} | layers_of(arm64.data)
+        for flags, expected in (((), one), (("--all-platforms",), every)):
+            cache = tmp_path / ("every" if flags else "one")
+            code, err = run(
+                capsys,
+                store,
+                "cache-img",
+                "--containerd-root",
+                str(root),
+                *flags,
+                "--cache-dir",
+                str(cache),
+                "fbmulti:1.0",
+            )
+            assert code == 0, err
+            assert "exporting it instead" not in err, err
+            blobs = cache_blobs(cache)
+            assert set(blobs) == expected
+            for digest in expected & (layers_of(amd64.data) | layers_of(arm64.data)):
+                shared = (root / CONTENT_DIR / "blobs" / "sha256" / digest[7:]).stat()
+                assert blobs[digest].st_ino == shared.st_ino, digest
+            code, err = run(capsys, store, "cache", "verify", "--cache-dir", str(cache))
+            assert code == 0, err
+    finally:
+        for ref in ("fbmulti:1.0", f"fbmulti@{built_multi.index_digest}"):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.api.remove_image(ref, force=True)
+        client.close()

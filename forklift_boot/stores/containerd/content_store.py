@@ -18,7 +18,7 @@ import logging
 import os
 import stat
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,21 +158,26 @@ class ContentStore:
                 raise _Missing(f"no {platform} manifest ({err})") from err
             if chosen is None:
                 raise _Missing(f"the index of {name} has no {platform} manifest")
-            self._add_manifest(chosen, documents, layers)
+            self._add_manifest(chosen, documents, layers, writer.has_blob)
             if all_platforms:
                 for child in children:
                     if child.digest not in documents:
                         try:
                             child_documents: dict[str, tuple[str, bytes]] = {}
                             child_layers: dict[str, Descriptor] = {}
-                            self._add_manifest(child, child_documents, child_layers)
+                            self._add_manifest(
+                                child, child_documents, child_layers, writer.has_blob
+                            )
                         except _Missing:
                             continue  # a platform containerd did not pull
                         documents.update(child_documents)
                         layers.update(child_layers)
         else:
             self._add_manifest(
-                Descriptor(media_type, root.digest, len(root_data)), documents, layers
+                Descriptor(media_type, root.digest, len(root_data)),
+                documents,
+                layers,
+                writer.has_blob,
             )
         new_blobs: dict[str, int] = {}
         tally = Tally()
@@ -207,16 +212,17 @@ class ContentStore:
         manifest: Descriptor,
         documents: dict[str, tuple[str, bytes]],
         layers: dict[str, Descriptor],
+        cached: Callable[[str], bool],
     ) -> None:
         """The manifest and its config go into ``documents``, its layers into ``layers``;
-        _Missing if any of them is not here."""
+        _Missing if any of them is not here (layers the cache has need not be)."""
         if manifest.digest not in documents:
             data, document = self._read_document(manifest.digest, manifest.size or None)
             documents[manifest.digest] = (manifest.media_type, data)
         else:
             data = documents[manifest.digest][1]
             document = json.loads(data)
-        self._add_layers(document, layers, manifest.digest)
+        self._add_layers(document, layers, manifest.digest, cached)
         try:
             config = Descriptor.from_json(document.get("config"), f"config of {manifest.digest}")
         except (CacheError, AttributeError) as err:
@@ -224,7 +230,13 @@ class ContentStore:
         config_data, _ = self._read_document(config.digest, config.size)
         documents[config.digest] = (config.media_type, config_data)
 
-    def _add_layers(self, document: Any, layers: dict[str, Descriptor], name: str) -> None:
+    def _add_layers(
+        self,
+        document: Any,
+        layers: dict[str, Descriptor],
+        name: str,
+        cached: Callable[[str], bool],
+    ) -> None:
         try:
             found = [
                 Descriptor.from_json(layer, f"layer of {name}") for layer in document["layers"]
@@ -232,13 +244,15 @@ class ContentStore:
         except (CacheError, KeyError, TypeError) as err:
             raise _Missing(f"{name} is no image manifest") from err
         for layer in found:
+            layers[layer.digest] = layer
+            if cached(layer.digest):
+                continue  # known by digest: never read, linked or copied again
             try:
                 info = self.path(layer.digest).lstat()
             except OSError as err:
                 raise _Missing(f"layer {layer.digest} is {_absent(err)}") from err
             if not stat.S_ISREG(info.st_mode) or info.st_size != layer.size:
                 raise _Missing(f"layer {layer.digest} is not a file of {layer.size} bytes")
-            layers[layer.digest] = layer
 
     def _read_document(self, digest: str, size: int | None) -> tuple[bytes, Any]:
         """A manifest, index or config, its digest (and size, when known) checked."""
