@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 import urllib.request
@@ -28,7 +29,7 @@ import docker.errors
 import pytest
 
 from forklift_boot import cli
-from tests.testbed import images
+from tests.testbed import faults, images
 from tests.testbed.containerd_store import ContainerdStoreDaemon
 from tests.testbed.images import PublishedImage
 from tests.testbed.multi_platform import BuiltMulti
@@ -448,3 +449,37 @@ def test_a_pulled_index_is_linked_for_this_platform_or_all_pulled_ones(
             with contextlib.suppress(docker.errors.ImageNotFound):
                 client.api.remove_image(ref, force=True)
         client.close()
+
+
+@pytest.mark.parametrize("crash_at", ["blob-adopted", "blob-renamed"])
+def test_killed_while_linking_leaves_a_cache_the_rerun_completes(
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+    registry: Registry,
+    crash_at: str,
+) -> None:
+    """kill -9 with a layer linked to a temporary name, or just renamed to its digest: no entry
+    names anything yet, only a temporary may be left, and the rerun links everything."""
+    cache = tmp_path / "cache"
+    args = ("cache-img", *linked.source_args, "--cache-dir", str(cache))
+    crashed = faults.run(
+        *args, *tag_refs(published_images), docker_host=linked.store.docker_host, crash_at=crash_at
+    )
+    assert crashed.returncode == -signal.SIGKILL, f"{crash_at} not reached:\n{crashed.stderr}"
+    leftovers = faults.temporaries(cache)
+    assert len(leftovers) == (1 if crash_at == "blob-adopted" else 0), leftovers
+    assert json.loads((cache / "index.json").read_text())["manifests"] == []
+    rerun = faults.run(*args, *tag_refs(published_images), docker_host=linked.store.docker_host)
+    assert rerun.returncode == 0, rerun.stderr
+    assert faults.temporaries(cache) == []
+    expected = registry_blobs(registry, published_images)
+    blobs = cache_blobs(cache)
+    assert set(blobs) == set(expected)
+    for digest, (_, kind) in expected.items():
+        if kind == "layer":
+            assert blobs[digest].st_ino == linked.content_path(digest).stat().st_ino
+    verified = faults.run(
+        "cache", "verify", "--cache-dir", str(cache), docker_host=linked.store.docker_host
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
