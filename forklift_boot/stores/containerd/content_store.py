@@ -194,6 +194,8 @@ class ContentStore:
                 new_blobs[layer.digest] = layer.size
                 on_bytes(layer.size)
         for digest, (_, data) in documents.items():
+            if writer.has_blob(digest):
+                continue  # e.g. the config of an image cached under another name
             with writer.blob_writer() as blob:
                 blob.write(data)
                 stored = blob.commit(expected_digest=digest, expected_size=len(data))
