@@ -12,14 +12,17 @@ timing (bench/measuring.py, as bench/round_trip.py does):
 1. Docker 26.1 with the containerd image store (trixie's docker.io with containerd 1.7, run from
    the cached rootfs of scripts/build-rootfs-docker; tests/testbed/containerd_store.py) pulls the
    images from the registry, so it holds the registry's manifests and gzip blobs. Measured:
-   ``forklift-boot cache-img --from docker`` (DOCKER_HOST pointing at it) against ``docker save``
-   of the same images to /dev/null (the daemon's floor) and to a file; then, after removing every
-   image (and waiting until containerd has collected their content and snapshots),
-   ``forklift-boot load-img`` from that cache against ``docker load -i`` of the saved tar.
+   ``forklift-boot cache-img --from docker`` (DOCKER_HOST pointing at it; as one ``docker save``
+   stream, then from containerd's content store with ``--containerd-root`` copied and linked)
+   against ``docker save`` of the same images to /dev/null (the daemon's floor) and to a file;
+   then, after removing every image (and waiting until containerd has collected their content
+   and snapshots), ``forklift-boot load-img`` from the linked cache against ``docker load -i``
+   of the saved tar.
 2. A standalone containerd (Debian's 1.6, tests/testbed/containerd.py) pulls them with
    ``ctr images pull --plain-http``. Measured: ``forklift-boot cache-img --from containerd``
-   against ``ctr images export`` (to /dev/null and to a file), then ``forklift-boot load-img
-   --into containerd`` against ``ctr images import`` of the exported tar.
+   (from its content store, copied and linked) against ``ctr images export`` (to /dev/null and
+   to a file), then ``forklift-boot load-img --into containerd`` against ``ctr images import``
+   of the exported tar.
 
 Daemon CPU and bytes written are those of the daemons' whole process tree (containerd and dockerd,
 or containerd alone). Every load is checked: each ref resolves to the digest it was pulled as.
@@ -255,13 +258,59 @@ def run_docker_store(ctx: Context, store: ContainerdStoreDaemon) -> dict[str, in
         [Command(("docker", "save", "-o", str(saved), *refs))],
         output=saved,
     )
+    root = ("--containerd-root", str(store.containerd_root))
+    # Before issue 12's content store links: one `docker save` stream (no content store given,
+    # and this host's containerd configuration names none that exists).
+    streamed = ctx.path("cache-docker-stream")
     step(
         ctx,
         export,
-        "forklift-boot cache-img --from docker",
+        "forklift-boot cache-img --from docker (docker save stream)",
         [
             _forklift_boot(
-                ctx, "cache-img", "--cache-dir", str(cache), "--from", "docker", report=report
+                ctx, "cache-img", "--cache-dir", str(streamed), "--from", "docker", report=report
+            )
+        ],
+        output=streamed,
+        check=check_report(report, "cached", len(names)),
+    )
+    remove(streamed)
+    copied = ctx.path("cache-docker-copy")
+    step(
+        ctx,
+        export,
+        "forklift-boot cache-img --from docker --link=false",
+        [
+            _forklift_boot(
+                ctx,
+                "cache-img",
+                "--cache-dir",
+                str(copied),
+                "--from",
+                "docker",
+                *root,
+                "--link=false",
+                report=report,
+            )
+        ],
+        output=copied,
+        check=check_report(report, "cached", len(names)),
+    )
+    remove(copied)
+    step(
+        ctx,
+        export,
+        "forklift-boot cache-img --from docker --containerd-root (links)",
+        [
+            _forklift_boot(
+                ctx,
+                "cache-img",
+                "--cache-dir",
+                str(cache),
+                "--from",
+                "docker",
+                *root,
+                report=report,
             )
         ],
         output=cache,
@@ -363,10 +412,32 @@ def run_containerd(ctx: Context, instance: Containerd) -> dict[str, int]:
         [Command((*ctr, "images", "export", str(exported), *refs))],
         output=exported,
     )
+    copied = ctx.path("cache-containerd-copy")
     step(
         ctx,
         export,
-        "forklift-boot cache-img --from containerd",
+        "forklift-boot cache-img --from containerd --link=false",
+        [
+            _forklift_boot(
+                ctx,
+                "cache-img",
+                "--cache-dir",
+                str(copied),
+                "--from",
+                "containerd",
+                *address,
+                "--link=false",
+                report=report,
+            )
+        ],
+        output=copied,
+        check=check_report(report, "cached", len(names)),
+    )
+    remove(copied)
+    step(
+        ctx,
+        export,
+        "forklift-boot cache-img --from containerd (links)",
         [
             _forklift_boot(
                 ctx,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform as pyplatform
+from pathlib import Path
 from typing import TextIO
 
 from forklift_boot.cache import ImageCache
@@ -28,6 +29,7 @@ from forklift_boot.flows import FallbackSource, cache_images
 from forklift_boot.images import ImageSource
 from forklift_boot.platforms import default_platform, format_platform, matches, parse_platform
 from forklift_boot.report import DEFAULT_JOBS
+from forklift_boot.stores.containerd.content_store import CONTENT_DIR, is_content_store
 from forklift_boot.stores.containerd.ctr import Ctr
 from forklift_boot.stores.containerd.source import ContainerdSource
 from forklift_boot.stores.docker.engine import DockerEngine
@@ -54,6 +56,23 @@ def add_arguments(cache_img: argparse.ArgumentParser) -> None:
         "registries; containerd: copy out of containerd with ctr, blobs unchanged",
     )
     add_containerd_options(cache_img)
+    fetch.add_argument(
+        "--containerd-root",
+        type=Path,
+        metavar="DIR",
+        help="containerd's root directory (`root =` in its config.toml), whose content store "
+        "--from containerd and --from docker on Docker's containerd image store take blobs "
+        "from (default: where containerd says, else its config.toml's, else "
+        "/var/lib/containerd; Docker does not say)",
+    )
+    add_bool(
+        fetch,
+        "--link",
+        "hard-link blobs taken from containerd's content store into the cache when both are on "
+        "one mount, else reflink them where the filesystem can, else copy them; the cache then "
+        "shares those files with containerd (README: shared blobs)",
+        default=True,
+    )
     add_bool(
         fetch,
         "--all-platforms",
@@ -79,6 +98,7 @@ def add_arguments(cache_img: argparse.ArgumentParser) -> None:
 
 
 def cache_images_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    _check_containerd_root(args)
     if args.source == "containerd":
         return _cache_from_containerd(args, settings, out)
     if args.source == "docker" and args.registry_mirror:
@@ -90,7 +110,12 @@ def cache_images_command(args: argparse.Namespace, settings: Settings, out: Text
     )
     client: RegistryClient | None = None
     try:
-        source: ImageSource = DockerSource(engine, all_platforms=args.all_platforms)
+        source: ImageSource = DockerSource(
+            engine,
+            all_platforms=args.all_platforms,
+            containerd_root=args.containerd_root,
+            link=args.link,
+        )
         if args.source != "docker":
             platform = _fetch_platform(settings, engine)
             try:
@@ -138,6 +163,8 @@ def _cache_from_containerd(args: argparse.Namespace, settings: Settings, out: Te
         Ctr(args.containerd_address, args.namespace),
         host_platform(settings),
         all_platforms=args.all_platforms,
+        containerd_root=args.containerd_root,
+        link=args.link,
     )
     report = cache_images(
         images,
@@ -148,6 +175,19 @@ def _cache_from_containerd(args: argparse.Namespace, settings: Settings, out: Te
     )
     print_report(report, out, as_json=args.json, notify_systemd=settings.notify_socket)
     return report.exit_code
+
+
+def _check_containerd_root(args: argparse.Namespace) -> None:
+    root = args.containerd_root
+    if root is None:
+        return
+    if args.source == "registry":
+        raise UsageError("--containerd-root applies to --from containerd, docker or auto")
+    if not is_content_store(root / CONTENT_DIR):
+        raise UsageError(
+            f"--containerd-root {root}: no readable content store at {root / CONTENT_DIR}; "
+            "give containerd's root directory (`root =` in its config.toml)"
+        )
 
 
 def _fetch_platform(settings: Settings, engine: DockerEngine) -> str:

@@ -46,7 +46,9 @@ def cache_verify(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         engine = docker_engine(settings)
         report = cache_images(
             requirements.list_given_images(refs, "the damaged cache entries"),
-            DockerSource(engine),
+            # A linked blob is the engine's own file: a damaged one is damaged there too, and
+            # only a hashed copy keeps it out of the cache.
+            DockerSource(engine, link=False),
             cache,
             compress=args.compress,
             progress=TerminalProgress("caching"),

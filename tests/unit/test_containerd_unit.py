@@ -15,6 +15,7 @@ from forklift_boot.archive.oci_layout import import_oci_layout
 from forklift_boot.cache import ImageCache
 from forklift_boot.errors import EngineError, EngineUnavailableError
 from forklift_boot.refs import parse_image_ref
+from forklift_boot.stores.containerd.content_store import configured_root
 from forklift_boot.stores.containerd.ctr import Ctr, containerd_name, names_for
 
 DIGEST = "sha256:" + "ab" * 32
@@ -147,3 +148,22 @@ def test_import_oci_layout_surfaces_a_producer_failing_after_the_tar(tmp_path: P
     cache = ImageCache(tmp_path / "cache")
     with cache.writing() as writer, pytest.raises(EngineError, match="boom"):
         import_oci_layout(chunks(), writer, what="test")
+
+
+@pytest.mark.parametrize(
+    ("text", "root"),
+    [
+        ('version = 2\nroot = "/data/containerd"\nstate = "/run/c"\n', "/data/containerd"),
+        ('version = 2\n[grpc]\n  address = "/run/c.sock"\n', "/var/lib/containerd"),
+        ("root = [unclosed", "/var/lib/containerd"),
+        ("root = 3\n", "/var/lib/containerd"),
+    ],
+)
+def test_containerd_root_from_its_configuration(tmp_path: Path, text: str, root: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    assert configured_root(config) == Path(root)
+
+
+def test_containerd_root_without_a_configuration_is_the_default(tmp_path: Path) -> None:
+    assert configured_root(tmp_path / "none.toml") == Path("/var/lib/containerd")

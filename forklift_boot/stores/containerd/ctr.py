@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -29,9 +30,12 @@ from forklift_boot.platforms import (
 )
 from forklift_boot.refs import ImageRef
 
+log = logging.getLogger(__name__)
+
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
 CONNECT_TIMEOUT = "10s"
+CONTENT_PLUGIN_TYPE = "io.containerd.content.v1"
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,24 @@ class Ctr:
             if len(fields) >= 3 and fields[2].startswith("sha256:"):
                 records[fields[0]] = ImageRecord(fields[0], fields[1], fields[2])
         return records
+
+    def content_root(self) -> str | None:
+        """Where containerd says its content store is (the content plugin's ``root`` export,
+        from ``ctr plugins ls -d``); None if it doesn't say. A path in containerd's own mount
+        namespace: the caller checks that it holds the blobs it expects."""
+        try:
+            text = self.run("plugins", "ls", "-d")
+        except EngineError as err:
+            log.debug("%s", err)
+            return None
+        in_content = False
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[0] == "Type:":
+                in_content = fields[1] == CONTENT_PLUGIN_TYPE
+            elif in_content and len(fields) == 2 and fields[0] == "root":
+                return fields[1]
+        return None
 
     def content(self, digest: str, *, ref: str) -> bytes:
         data = self._content.get(digest)

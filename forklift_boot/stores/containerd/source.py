@@ -1,26 +1,66 @@
-"""containerd as an image source: copies images out with one ``ctr images export`` stream."""
+"""containerd as an image source: blobs taken from its content store directory, or else copied
+out with one ``ctr images export`` stream."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from forklift_boot.archive.oci_layout import copied_from_layout, import_oci_layout
 from forklift_boot.cache import CacheWriter, Descriptor
 from forklift_boot.errors import EngineError, ImageRefError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
 from forklift_boot.refs import ImageRef, parse_image_ref
+from forklift_boot.stores.containerd.content_store import (
+    CONTENT_DIR,
+    ContentStore,
+    configured_root,
+    content_store_for,
+)
 from forklift_boot.stores.containerd.ctr import Ctr, ImageRecord, containerd_name
+
+log = logging.getLogger(__name__)
 
 
 class ContainerdSource:
-    """Copies images out of containerd with one ``ctr images export`` stream, blobs unchanged."""
+    """Copies images out of containerd, blobs unchanged: from its content store directory when
+    this process can read it (``containerd_root``, else where containerd says it is, else its
+    configuration's), linked into the cache unless ``link`` is off; the rest with one ``ctr
+    images export`` stream."""
 
-    def __init__(self, ctr: Ctr, platform: str, *, all_platforms: bool = False) -> None:
+    def __init__(
+        self,
+        ctr: Ctr,
+        platform: str,
+        *,
+        all_platforms: bool = False,
+        containerd_root: Path | None = None,
+        link: bool = True,
+    ) -> None:
         self.ctr = ctr
         self.platform = platform
         self.all_platforms = all_platforms
+        self.containerd_root = containerd_root
+        self.link = link
         self.description = ctr.where
         self._record_names: dict[str, str] = {}  # canonical -> the containerd name found
+        self._records: dict[str, ImageRecord] = {}  # canonical -> the record found
+        self._store: ContentStore | None = None
+        self._store_looked_up = False
+
+    def content_store(self) -> ContentStore | None:
+        """The content store directory to take blobs from, looked up once; None if none."""
+        if not self._store_looked_up:
+            self._store_looked_up = True
+            candidates = []
+            if self.containerd_root is None:
+                reported = self.ctr.content_root()
+                if reported:
+                    candidates.append(Path(reported))
+                candidates.append(configured_root() / CONTENT_DIR)
+            self._store = content_store_for(self.containerd_root, candidates, share=self.link)
+        return self._store
 
     def find(self, wanted: Wanted) -> SourceImage | None:
         try:
@@ -33,6 +73,7 @@ class ContainerdSource:
                 continue
             resolved = self.ctr.resolve_record(record, self.platform)
             self._record_names[wanted.canonical] = record.name
+            self._records[wanted.canonical] = record
             size = resolved.manifest.size + resolved.config.size
             size += sum(layer.size for layer in resolved.layers)
             return SourceImage(
@@ -54,6 +95,35 @@ class ContainerdSource:
         on_bytes: ByteCounter,
     ) -> dict[str, CopiedImage]:
         # Registry blobs are kept as they are: compress and known_layers do not apply.
+        copied: dict[str, CopiedImage] = {}
+        store = self.content_store()
+        if store is not None:
+            credited: set[str] = set()
+            by_digest: dict[str, CopiedImage | None] = {}  # spellings share a record's target
+            for image in images:
+                record = self._records[image.wanted.canonical]
+                if record.digest not in by_digest:
+                    by_digest[record.digest] = store.copy_image(
+                        writer,
+                        Descriptor(record.media_type, record.digest, 0),
+                        platform=self.platform,
+                        all_platforms=self.all_platforms,
+                        name=record.name,
+                        credited=credited,
+                        on_bytes=on_bytes,
+                    )
+                result = by_digest[record.digest]
+                if result is not None:
+                    copied[image.wanted.canonical] = result
+                    copied.setdefault(image.image_id, result)
+        rest = [image for image in images if image.wanted.canonical not in copied]
+        if rest:
+            copied.update(self._export(rest, writer, on_bytes))
+        return copied
+
+    def _export(
+        self, images: Sequence[SourceImage], writer: CacheWriter, on_bytes: ByteCounter
+    ) -> dict[str, CopiedImage]:
         names = sorted({self._record_names[image.wanted.canonical] for image in images})
         platform_args = ["--all-platforms"] if self.all_platforms else ["--platform", self.platform]
         about = ", ".join(names)

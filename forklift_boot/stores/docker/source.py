@@ -1,4 +1,5 @@
-"""Docker as an image source: copies images out of its store directly or with ``docker save``."""
+"""Docker as an image source: copies images out of its store directly (the classic store's data
+root, containerd's content store) or with ``docker save``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from forklift_boot.errors import EngineError, ImageRefError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
 from forklift_boot.platforms import platform_object
 from forklift_boot.refs import ImageRef, parse_image_ref
+from forklift_boot.stores.containerd.content_store import (
+    CONTENT_DIR,
+    configured_root,
+    content_store_for,
+)
 from forklift_boot.stores.docker.classic_store import ClassicStore, DirectReadError, ReadCounter
 from forklift_boot.stores.docker.direct_copy import copy_direct
 from forklift_boot.stores.docker.engine import DockerEngine, EngineInfo, ImageInfo
@@ -35,13 +41,24 @@ class DockerSource:
     From the classic store, straight from its data root when this process can read it
     (direct_copy.py: on this machine, overlay2, readable), else, and for any image that doesn't
     check out that way, with one ``docker save`` stream; layers are compressed here, as asked.
-    From the containerd image store, ``docker save``'s OCI layout: the registry's own manifests
-    and compressed blobs, kept as they are.
+    From the containerd image store, the registry's own manifests and compressed blobs, kept as
+    they are: taken from containerd's content store directory when this process can read it
+    (``containerd_root``, else containerd's configuration: Docker does not report it), linked
+    into the cache unless ``link`` is off; else from ``docker save``'s OCI layout.
     """
 
-    def __init__(self, engine: DockerEngine, *, all_platforms: bool = False) -> None:
+    def __init__(
+        self,
+        engine: DockerEngine,
+        *,
+        all_platforms: bool = False,
+        containerd_root: Path | None = None,
+        link: bool = True,
+    ) -> None:
         self.engine = engine
         self.all_platforms = all_platforms  # the containerd image store may hold several
+        self.containerd_root = containerd_root
+        self.link = link
         self.description = f"Docker at {engine.base_url}"
         self._found_as: dict[str, str] = {}  # canonical name -> the ref Docker resolved
         self._info: EngineInfo | None = None
@@ -173,9 +190,41 @@ class DockerSource:
     def _copy_layout(
         self, images: Sequence[SourceImage], writer: CacheWriter, on_bytes: ByteCounter
     ) -> dict[str, CopiedImage]:
-        """The containerd image store saves an OCI layout of what it pulled: blobs unchanged
-        (compress and known_layers do not apply). Saved by the refs that found them: an image
-        asked for by ID alone has no name in the stream, and entries are matched by digest."""
+        """The containerd image store keeps what it pulled: blobs unchanged (compress and
+        known_layers do not apply), from the content store directory, else saved as an OCI
+        layout by the refs that found them: an image asked for by ID alone has no name in the
+        stream, and entries are matched by digest."""
+        copied: dict[str, CopiedImage] = {}
+        store = content_store_for(
+            self.containerd_root, [configured_root() / CONTENT_DIR], share=self.link
+        )
+        if store is not None:
+            credited: set[str] = set()
+            by_id: dict[str, CopiedImage | None] = {}
+            for image in images:
+                # Docker's image ID in this store is the digest of the manifest or index.
+                if image.image_id not in by_id:
+                    by_id[image.image_id] = store.copy_image(
+                        writer,
+                        Descriptor("", image.image_id, 0),
+                        platform=image.platform,
+                        all_platforms=self.all_platforms,
+                        name=self._found_as[image.wanted.canonical],
+                        credited=credited,
+                        on_bytes=on_bytes,
+                    )
+                result = by_id[image.image_id]
+                if result is not None:
+                    copied[image.wanted.canonical] = result
+                    copied.setdefault(image.image_id, result)
+        rest = [image for image in images if image.wanted.canonical not in copied]
+        if rest:
+            copied.update(self._save_layout(rest, writer, on_bytes))
+        return copied
+
+    def _save_layout(
+        self, images: Sequence[SourceImage], writer: CacheWriter, on_bytes: ByteCounter
+    ) -> dict[str, CopiedImage]:
         names = sorted({self._found_as[image.wanted.canonical] for image in images})
         layout = import_oci_layout(
             self.engine.save(names), writer, what=self.description, on_bytes=on_bytes
