@@ -115,6 +115,7 @@ def cache_images_command(args: argparse.Namespace, settings: Settings, out: Text
             all_platforms=args.all_platforms,
             containerd_root=args.containerd_root,
             link=args.link,
+            cache_dir=settings.cache_dir,
         )
         if args.source != "docker":
             platform = _fetch_platform(settings, engine)
@@ -165,6 +166,7 @@ def _cache_from_containerd(args: argparse.Namespace, settings: Settings, out: Te
         all_platforms=args.all_platforms,
         containerd_root=args.containerd_root,
         link=args.link,
+        cache_dir=settings.cache_dir,
     )
     report = cache_images(
         images,

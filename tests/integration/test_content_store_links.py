@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import shutil
 import signal
 import tempfile
@@ -29,12 +30,20 @@ import docker.errors
 import pytest
 
 from forklift_boot import cli
+from forklift_boot.config import dpkg_architecture
+from forklift_boot.images import Wanted
+from forklift_boot.platforms import default_platform
+from forklift_boot.refs import parse_image_ref
+from forklift_boot.stores.containerd.ctr import Ctr
+from forklift_boot.stores.containerd.source import ContainerdSource
+from forklift_boot.stores.docker.engine import DockerEngine
+from forklift_boot.stores.docker.source import DockerSource
 from tests.testbed import faults, images
 from tests.testbed.containerd_store import ContainerdStoreDaemon
 from tests.testbed.images import PublishedImage
 from tests.testbed.multi_platform import BuiltMulti
 from tests.testbed.registry import Registry
-from tests.testbed.stores import ImageStore
+from tests.testbed.stores import NO_DOCKER, ImageStore
 
 pytestmark = [pytest.mark.docker, pytest.mark.containerd, pytest.mark.registry]
 
@@ -483,3 +492,43 @@ def test_killed_while_linking_leaves_a_cache_the_rerun_completes(
         "cache", "verify", "--cache-dir", str(cache), docker_host=linked.store.docker_host
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_linked_layers_need_no_free_space(
+    tmp_path: Path,
+    linked: LinkedStore,
+    published_images: dict[str, PublishedImage],
+    registry: Registry,
+    *,
+    link: bool,
+) -> None:
+    """The free-space check asks for what storing will write (SourceImage.size): with layers
+    linked on one mount, the manifest and config only; copied, the layers too."""
+    cache = tmp_path / "cache"  # the same mount as the content store (the first test shows it)
+    source: DockerSource | ContainerdSource
+    if linked.store.docker_host != NO_DOCKER:
+        engine = DockerEngine(linked.store.docker_host)
+        source = DockerSource(engine, containerd_root=linked.root, link=link, cache_dir=cache)
+    else:
+        args = dict(zip(linked.source_args[2::2], linked.source_args[3::2], strict=True))
+        ctr = Ctr(args["--containerd-address"], args["--namespace"])
+        here = default_platform(None, dpkg_architecture(), platform.machine())
+        source = ContainerdSource(ctr, here, link=link, cache_dir=cache)
+    layer_bytes = {
+        image.canonical_name: sum(
+            len(registry_bytes(registry, image.registry_repo, "layer", digest))
+            for digest in layers_of(registry.manifest(image.registry_repo, image.tag))
+        )
+        for image in published_images.values()
+    }
+    assert layer_bytes
+    assert all(layer_bytes.values())
+    for image in published_images.values():
+        ref = parse_image_ref(image.tag_ref)
+        found = source.find(Wanted(ref.with_default_tag().canonical, (ref,), essential=True))
+        assert found is not None, image.tag_ref
+        if link:
+            assert found.size < 64 * 1024, (image.tag_ref, found.size)  # manifest and config
+        else:
+            assert found.size >= layer_bytes[image.canonical_name], image.tag_ref

@@ -94,6 +94,19 @@ class ContentStore:
         self.share = share
         self._blobs = content_dir / "blobs" / "sha256"
 
+    def links_into(self, cache_dir: Path) -> bool:
+        """Whether layers go into ``cache_dir`` as hard links (one filesystem, ``share`` on):
+        then storing an image writes almost nothing, and the free-space check must know."""
+        if not self.share:
+            return False
+        existing = cache_dir.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            return os.stat(self.content_dir).st_dev == os.stat(existing).st_dev
+        except OSError:
+            return False
+
     def path(self, digest: str) -> Path:
         algorithm, _, hex_digest = digest.partition(":")
         if algorithm != "sha256" or len(hex_digest) != 64 or not _is_hex(hex_digest):

@@ -37,8 +37,10 @@ class ContainerdSource:
         all_platforms: bool = False,
         containerd_root: Path | None = None,
         link: bool = True,
+        cache_dir: Path | None = None,
     ) -> None:
         self.ctr = ctr
+        self.cache_dir = cache_dir  # where linked layers cost no space (the free-space check)
         self.platform = platform
         self.all_platforms = all_platforms
         self.containerd_root = containerd_root
@@ -48,6 +50,10 @@ class ContainerdSource:
         self._records: dict[str, ImageRecord] = {}  # canonical -> the record found
         self._store: ContentStore | None = None
         self._store_looked_up = False
+
+    def _links_layers(self) -> bool:
+        store = self.content_store()
+        return self.cache_dir is not None and store is not None and store.links_into(self.cache_dir)
 
     def content_store(self) -> ContentStore | None:
         """The content store directory to take blobs from, looked up once; None if none."""
@@ -75,7 +81,8 @@ class ContainerdSource:
             self._record_names[wanted.canonical] = record.name
             self._records[wanted.canonical] = record
             size = resolved.manifest.size + resolved.config.size
-            size += sum(layer.size for layer in resolved.layers)
+            if not self._links_layers():
+                size += sum(layer.size for layer in resolved.layers)
             return SourceImage(
                 wanted=wanted,
                 image_id=resolved.config.digest,

@@ -21,6 +21,7 @@ from forklift_boot.platforms import platform_object
 from forklift_boot.refs import ImageRef, parse_image_ref
 from forklift_boot.stores.containerd.content_store import (
     CONTENT_DIR,
+    ContentStore,
     configured_root,
     content_store_for,
 )
@@ -54,11 +55,15 @@ class DockerSource:
         all_platforms: bool = False,
         containerd_root: Path | None = None,
         link: bool = True,
+        cache_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.all_platforms = all_platforms  # the containerd image store may hold several
         self.containerd_root = containerd_root
         self.link = link
+        self.cache_dir = cache_dir  # where linked layers cost no space (the free-space check)
+        self._content: ContentStore | None = None
+        self._content_store_looked_up = False
         self.description = f"Docker at {engine.base_url}"
         self._found_as: dict[str, str] = {}  # canonical name -> the ref Docker resolved
         self._info: EngineInfo | None = None
@@ -87,9 +92,24 @@ class DockerSource:
                     image_id=info.image_id,
                     registry_digest=ref.digest or _registry_digest(info, ref),
                     platform=info.platform,
-                    size=info.size,
+                    size=0 if self._links_layers() else info.size,
                 )
         return None
+
+    def _links_layers(self) -> bool:
+        """On the containerd image store, whether layers will be hard links into the cache."""
+        if self.cache_dir is None or not self.is_containerd_store:
+            return False
+        store = self._content_store()
+        return store is not None and store.links_into(self.cache_dir)
+
+    def _content_store(self) -> ContentStore | None:
+        if not self._content_store_looked_up:
+            self._content_store_looked_up = True
+            self._content = content_store_for(
+                self.containerd_root, [configured_root() / CONTENT_DIR], share=self.link
+            )
+        return self._content
 
     def copy(
         self,
@@ -195,9 +215,7 @@ class DockerSource:
         layout by the refs that found them: an image asked for by ID alone has no name in the
         stream, and entries are matched by digest."""
         copied: dict[str, CopiedImage] = {}
-        store = content_store_for(
-            self.containerd_root, [configured_root() / CONTENT_DIR], share=self.link
-        )
+        store = self._content_store()
         if store is not None:
             credited: set[str] = set()
             by_id: dict[str, CopiedImage | None] = {}
