@@ -52,6 +52,11 @@ class RegistryUnreachableError(RegistryError):
     """A registry can't be reached: refused, timed out, silent, TLS failed."""
 
 
+class CancelledError(Exception):
+    """A worker thread leaves its transfer between two chunks because the run was interrupted;
+    the pool that started it swallows it, so it never reaches the user."""
+
+
 def printable(text: str) -> str:
     """``text`` safe for a terminal, a log line or the journal: control and other unprintable
     characters escaped as Python writes them (``\\x1b``, ``\\n``, ``\\u2028``), so that a name

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from forklift_boot.cache import CacheReader, Descriptor
-from forklift_boot.errors import CacheError, ForkliftBootError, RegistryError
+from forklift_boot.errors import CacheError, CancelledError, ForkliftBootError, RegistryError
 from forklift_boot.exchange.push.plan import CachedDocument, PushPlan, plan_push
 from forklift_boot.exchange.push.report import PUSHED, PushCounts, PushReport
 from forklift_boot.images import Wanted, missing_outcome
@@ -78,10 +78,6 @@ def push_images(
         report.outcomes.append(outcome)
         progress.finish_image(outcome)
     return report.finish()
-
-
-class _CancelledError(Exception):
-    """The run was interrupted while blobs were uploading."""
 
 
 class _Pusher:
@@ -236,7 +232,7 @@ class _Pusher:
         def push(blob: Descriptor) -> None:
             try:
                 self._push_blob(repository, blob)
-            except _CancelledError:
+            except CancelledError:
                 return
             except (RegistryError, CacheError) as err:
                 errors.append(err)
@@ -282,7 +278,7 @@ class _Pusher:
 
     def _on_bytes(self, count: int) -> None:
         if self._stop.is_set():
-            raise _CancelledError
+            raise CancelledError
         with self._lock:
             self.counts.bytes_sent += count
             self.progress.add_bytes(count)

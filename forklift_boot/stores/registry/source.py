@@ -27,7 +27,7 @@ from forklift_boot.cache import (
     Descriptor,
 )
 from forklift_boot.cache.json_limits import load_json
-from forklift_boot.errors import CacheError, ForkliftBootError, RegistryError
+from forklift_boot.errors import CacheError, CancelledError, ForkliftBootError, RegistryError
 from forklift_boot.images import ByteCounter, CopiedImage, SourceImage, Wanted
 from forklift_boot.platforms import (
     Platform,
@@ -317,7 +317,7 @@ class RegistrySource:
 
         def counted(count: int) -> None:
             if stop.is_set():  # interrupted: leave the download between two chunks
-                raise _CancelledError
+                raise CancelledError
             on_bytes(count)
 
         def fetch(descriptor: Descriptor, repository: Repository) -> None:
@@ -326,7 +326,7 @@ class RegistrySource:
                 return
             try:
                 blob = repository.download_blob(descriptor, writer, counted)
-            except _CancelledError:
+            except CancelledError:
                 return  # its temporary is gone with its blob writer
             except RegistryError as err:
                 self._failed[descriptor.digest] = err
@@ -414,10 +414,6 @@ class RegistrySource:
             return None  # damaged: fetch it again
         log.debug("using %s from the cache", digest)
         return data
-
-
-class _CancelledError(Exception):
-    """The run was interrupted while blobs downloaded."""
 
 
 class _Locked:
