@@ -11,12 +11,9 @@ import filecmp
 import logging
 import os
 import posixpath
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from forklift_boot.errors import RequirementsError
 from forklift_boot.requirements.deployments import ImageUse, images_of_deployment
@@ -26,6 +23,13 @@ from forklift_boot.requirements.files import (
     get_str,
     get_str_list,
     load_yaml_mapping,
+)
+from forklift_boot.requirements.import_groups import (
+    PALLET_REQS_DIR,
+    ImportGroup,
+    load_import_group,
+    load_import_groups,
+    matches_with_children,
 )
 from forklift_boot.requirements.packages import PACKAGE_FILE, PackageDir, load_package
 from forklift_boot.requirements.trees import (
@@ -40,10 +44,8 @@ from forklift_boot.requirements.versions import VERSION_LOCK_FILE, load_locked_v
 log = logging.getLogger(__name__)
 
 PALLET_FILE = "forklift-pallet.yml"
-PALLET_REQS_DIR = "requirements/pallets"
 REPO_REQS_DIR = "requirements/repositories"
 DEPLOYMENT_EXT = ".deploy.yml"
-IMPORT_EXT = ".imports.yml"
 FEATURE_EXT = ".feature.yml"
 
 
@@ -110,14 +112,6 @@ class MergedPallet:
         yield from (rel for rel in self.imported if rel not in own)
 
 
-@dataclass(frozen=True)
-class ImportGroup:
-    name: str
-    modifiers: tuple[dict[str, Any], ...]
-    disabled: bool
-    file: Path
-
-
 class PalletLoader:
     """Loads pallets and merges them with their imports, each required pallet once."""
 
@@ -157,7 +151,7 @@ class PalletLoader:
     def _merge(self, root_dir: Path) -> MergedPallet:
         pallet_path = load_pallet_path(root_dir)
         shallow = MergedPallet(root_dir, pallet_path)
-        groups = _load_import_groups(root_dir)
+        groups = load_import_groups(root_dir)
         if not any(not group.disabled for group in groups):
             return shallow
         for group in groups:
@@ -246,7 +240,7 @@ class PalletLoader:
                     pattern = posixpath.join(source, matcher) if matcher else source
                     pattern = pattern.lstrip("/")
                     for rel in files:
-                        if _matches_with_children(pattern, rel):
+                        if matches_with_children(pattern, rel):
                             suffix = _trim_prefix("/" + rel, _clean(posixpath.join("/", source)))
                             mappings[_clean(posixpath.join("/", target, suffix.lstrip("/")))] = (
                                 "/" + rel
@@ -254,7 +248,7 @@ class PalletLoader:
             elif kind == "remove":
                 for matcher in matchers:
                     pattern = _clean(posixpath.join(target, matcher, "**"))
-                    for mapped in [t for t in mappings if _matches_with_children(pattern, t)]:
+                    for mapped in [t for t in mappings if matches_with_children(pattern, t)]:
                         del mappings[mapped]
             elif kind in ("add-feature", "remove-feature"):
                 feature = self._load_feature(pallet, source, group)
@@ -276,7 +270,7 @@ class PalletLoader:
         """Forklift's ``FSPallet.LoadFeature``: the pallet's own feature, else a required one."""
         own = pallet.real_file(f"features/{name}{FEATURE_EXT}")
         if own is not None:
-            return _load_import_group(own, name)
+            return load_import_group(own, name)
         try:
             req_path, req_dir = self.required_pallet_dir(pallet, name)
         except RequirementsError as err:
@@ -293,7 +287,7 @@ class PalletLoader:
                 f"couldn't load feature {name} used by {user.name}: no {feature_file}", user.file
             )
         check_inside(feature_file, [real_tree(req_dir)], f"feature {name} used by {user.name}")
-        return _load_import_group(feature_file, name)
+        return load_import_group(feature_file, name)
 
 
 def load_pallet_path(root_dir: Path) -> str:
@@ -397,43 +391,6 @@ def _find_requirement(tree: MergedPallet, reqs_dir: str, path: str, kind: str) -
     )
 
 
-def _load_import_groups(root_dir: Path) -> list[ImportGroup]:
-    reqs_dir = root_dir / PALLET_REQS_DIR
-    if not reqs_dir.is_dir():
-        return []
-    groups = []
-    for file in sorted(reqs_dir.rglob("*" + IMPORT_EXT)):
-        name = file.relative_to(reqs_dir).as_posix().removesuffix(IMPORT_EXT)
-        check_inside(file, [real_tree(root_dir)], f"import group {name}")
-        groups.append(_load_import_group(file, name))
-    return groups
-
-
-def _load_import_group(file: Path, name: str) -> ImportGroup:
-    what = "import group" if file.name.endswith(IMPORT_EXT) else "feature file"
-    data = load_yaml_mapping(file, what)
-    raw_modifiers = data.get("modifiers") or []
-    if not isinstance(raw_modifiers, list):
-        raise RequirementsError(f"couldn't parse {what} {file}: `modifiers` must be a list", file)
-    modifiers = []
-    for raw in raw_modifiers:
-        if not isinstance(raw, dict):
-            raise RequirementsError(
-                f"couldn't parse {what} {file}: each modifier must be a mapping", file
-            )
-        # Forklift's ImportDef.AddDefaults.
-        target = get_str(raw, "target", file, what) or "/"
-        modifiers.append(
-            {
-                "type": get_str(raw, "type", file, what) or "add",
-                "target": target,
-                "source": get_str(raw, "source", file, what) or target,
-                "only-matching-any": get_str_list(raw, "only-matching-any", file, what) or [""],
-            }
-        )
-    return ImportGroup(name, tuple(modifiers), get_bool(data, "disabled", file, what), file)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     if a == b:
         return True
@@ -450,71 +407,3 @@ def _trim_prefix(text: str, prefix: str) -> str:
 
 def _clean(path: str) -> str:
     return posixpath.normpath(path) if path else "."
-
-
-def _matches_with_children(pattern: str, name: str) -> bool:
-    """doublestar's Match of ``pattern``, or of ``pattern/**`` (the path is inside a match)."""
-    return bool(
-        _glob_regex(pattern).fullmatch(name)
-        or _glob_regex(posixpath.join(pattern, "**")).fullmatch(name)
-    )
-
-
-@lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regex for a doublestar pattern: ``**`` spans directories, ``*``/``?`` do not."""
-    out: list[str] = []
-    segments = pattern.split("/")
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "**" and last:
-            # doublestar: a trailing `/**` also matches the directory itself (`a/**` matches `a`).
-            if out:
-                out[-1] = "(?:/.*)?"
-            else:
-                out.append(".*")
-            continue
-        if segment == "**":
-            out.append("(?:[^/]*/)*")
-            continue
-        out.append(_glob_segment(segment))
-        if not last:
-            out.append("/")
-    return re.compile("".join(out))
-
-
-def _glob_segment(segment: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(segment):
-        char = segment[i]
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
-            end = segment.find("]", i + 2)
-            if end == -1:
-                out.append(re.escape(char))
-            else:
-                body = segment[i + 1 : end]
-                negate = body[:1] in ("!", "^")
-                body = body[1:] if negate else body
-                escaped = body.replace("\\", "\\\\")
-                out.append("[" + ("^" if negate else "") + escaped + "]")
-                i = end
-        elif char == "{":
-            end = segment.find("}", i)
-            if end == -1:
-                out.append(re.escape(char))
-            else:
-                options = segment[i + 1 : end].split(",")
-                out.append("(?:" + "|".join(_glob_segment(o) for o in options) + ")")
-                i = end
-        elif char == "\\" and i + 1 < len(segment):
-            i += 1
-            out.append(re.escape(segment[i]))
-        else:
-            out.append(re.escape(char))
-        i += 1
-    return "".join(out)
