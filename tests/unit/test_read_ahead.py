@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,6 +18,7 @@ def test_every_chunk_arrives_in_order() -> None:
 def test_the_chunks_are_produced_on_another_thread_at_most_depth_ahead() -> None:
     produced: list[int] = []
     threads: set[str] = set()
+    consumer_may_go = threading.Event()
 
     def chunks() -> Iterator[bytes]:
         for n in range(20):
@@ -28,7 +28,7 @@ def test_the_chunks_are_produced_on_another_thread_at_most_depth_ahead() -> None
 
     stream = read_ahead(chunks(), depth=2)
     assert next(stream) == b"x"
-    time.sleep(0.3)  # the producer runs ahead while we hold the first chunk
+    consumer_may_go.wait(0.3)  # the producer runs ahead while we hold the first chunk
     # One chunk taken, two queued, one more produced and waiting for room: never all 20.
     assert len(produced) <= 4
     assert list(stream) == [b"x"] * 19
@@ -45,10 +45,11 @@ def test_an_error_in_the_chunks_is_raised_to_the_consumer_after_the_chunks_befor
         yield b"b"
         raise Damaged("blob sha256:00 is damaged")
 
-    stream = read_ahead(chunks(), depth=8)
-    assert [next(stream), next(stream)] == [b"a", b"b"]
+    got = []
     with pytest.raises(Damaged, match="is damaged"):
-        next(stream)
+        for chunk in read_ahead(chunks(), depth=8):
+            got.append(chunk)
+    assert got == [b"a", b"b"]
 
 
 def test_a_consumer_that_stops_early_closes_the_chunks_and_ends_the_thread() -> None:
@@ -63,7 +64,6 @@ def test_a_consumer_that_stops_early_closes_the_chunks_and_ends_the_thread() -> 
 
     before = threading.active_count()
     stream = read_ahead(chunks(), depth=2)
-    assert isinstance(stream, Generator)
     assert next(stream) == b"y"
     stream.close()  # what requests does when the daemon hangs up mid-upload
     assert closed.wait(5)
