@@ -6,9 +6,7 @@ Blobs stream from the cache with fixed buffers: a layer never sits in memory who
 from __future__ import annotations
 
 import json
-import queue
 import tarfile
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -85,58 +83,6 @@ def write_load_archive(
     yield from _tar_file("index.json", json.dumps(index).encode())
     yield from _tar_file("manifest.json", json.dumps(manifest).encode())
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
-
-
-# Chunks (of BUFFER_SIZE) read ahead of the daemon: 4 MiB of memory at most.
-READ_AHEAD = 4
-
-
-def read_ahead(chunks: Iterator[bytes], depth: int = READ_AHEAD) -> Iterator[bytes]:
-    """``chunks``, produced by a thread of their own up to ``depth`` chunks ahead.
-
-    Reading and verifying the next blob (file reads and hashing release the GIL) then overlaps
-    the socket write of the current one, instead of alternating with it. An error in ``chunks``
-    (a damaged blob) is raised here, where it would have been raised without the thread; when
-    the consumer stops early, the thread closes ``chunks`` and ends.
-    """
-    ahead: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(item: tuple[bytes | None, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if not put((chunk, None)):
-                    return
-            put((None, None))
-        except BaseException as err:  # handed to the consumer, which raises it
-            put((None, err))
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=produce, name="load-archive-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            chunk, error = ahead.get()
-            if error is not None:
-                raise error
-            if chunk is None:
-                return
-            yield chunk
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _tar_blob(

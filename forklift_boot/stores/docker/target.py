@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from forklift_boot.archive.load_archive import ArchiveImage, read_ahead, write_load_archive
+from forklift_boot.archive.load_archive import ArchiveImage, write_load_archive
 from forklift_boot.cache import (
     INDEX_MEDIA_TYPES,
     MEDIA_OCI_LAYER_GZIP,
@@ -96,11 +96,7 @@ class DockerTarget:
             )
         try:
             self.engine.load(
-                read_ahead(
-                    write_load_archive(
-                        reader, [image], omit_layers=frozenset(omit), on_bytes=on_bytes
-                    )
-                )
+                write_load_archive(reader, [image], omit_layers=frozenset(omit), on_bytes=on_bytes)
             )
         except EngineError as err:
             if not omit:
@@ -109,7 +105,7 @@ class DockerTarget:
             log.warning(
                 "thin load of %s failed (%s); sending every layer", plan.wanted.canonical, err
             )
-            self.engine.load(read_ahead(write_load_archive(reader, [image], on_bytes=on_bytes)))
+            self.engine.load(write_load_archive(reader, [image], on_bytes=on_bytes))
         if not self.has_image(self.identity(plan)):
             raise EngineError(f"Docker accepted {plan.wanted.canonical} but does not list it")
         # The containerd image store keeps the blobs an image names: a later image of this run
