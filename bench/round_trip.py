@@ -1,10 +1,13 @@
 """Times forklift-boot's cache round trip against its peers, all in one run (by hand, not in CI).
 
     sudo .venv/pypi/bin/python -m bench.round_trip [--scale 1.0] [--runs 1] [--json FILE]
+        [--only export update memory compression load] [--load-variants]
 
 Run from the repository root, as root (it starts its own dockerd and drops the page cache);
 --scale 1 takes 12-16 minutes on a 2-core VM, --scale 0.1 about 2. Results: docs/benchmarks.md.
-It starts a private dockerd (Debian's docker.io 20.10, tests/testbed/dockerd.py) and builds four
+It starts a private dockerd (Debian's docker.io 20.10, tests/testbed/dockerd.py) whose data root
+is an ext4 filesystem on a loop device of its own, so the device's counters are the bytes read
+from and written to the data root, and builds four
 images of real files that share base layers (bench/image_set.py: about 1.4 GB of unique content
 at --scale 1, image a alone about 1 GB). Then, with ``sync; echo 3 > /proc/sys/vm/drop_caches``
 before each step and a final ``sync`` inside its timing:
@@ -16,10 +19,14 @@ before each step and a final ``sync`` inside its timing:
 - compression: ``gzip -1``, ``pigz -1`` and forklift-boot's ParallelGzip over the same tar;
 - load: ``forklift-boot load-img`` from both caches against ``docker load -i`` of a tar of the same
   images, cold (no layer present) and with about half of the layers present (b and c loaded first);
-- memory: forklift-boot's peak RSS caching and loading the >= 1 GB image alone.
+- memory: forklift-boot's peak RSS caching and loading the >= 1 GB image alone, and ``docker load``
+  of the archive load-img sends for it.
 
-Prints Markdown tables with ratios to the peers measured in the same run, and removes everything
-it created (daemon, mounts, temporary directories) on the way out, also after Ctrl-C.
+Every row also reports the bytes read (page cache misses) and written by the commands and
+dockerd's tree, the data root's own reads and writes, CPU-s per GB of unique content, and an
+estimate for a Raspberry Pi 4 on an SD card (bench/measuring.py, PiModel). It prints Markdown
+tables with ratios to the peers measured in the same run, and removes everything it created
+(daemon, mounts, loop device, temporary directories) on the way out, also after Ctrl-C.
 """
 
 from __future__ import annotations
