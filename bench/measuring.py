@@ -54,6 +54,16 @@ class Measurement:
     disk_written: int  # other work on the machine counts here too
     output_bytes: int | None = None
     runs: list[float] = field(default_factory=list)
+    # Bytes the commands (GNU time %I) and the daemon's tree (/proc/PID/io read_bytes) read from
+    # storage: after drop_caches, every byte they needed and the page cache lacked.
+    client_read: int = 0
+    daemon_read: int = 0
+    client_written: int = 0  # the commands' share of ``written`` (GNU time %O)
+    # The engine's data root when the bench gives it a block device of its own (a loop device):
+    # the bytes read from it and written to it, by anyone (diskstats; only the bench uses it).
+    root_read: int | None = None
+    root_written: int | None = None
+    load_average: float = 0.0  # 1-minute load average as the run started
 
 
 class HasPid(Protocol):
@@ -87,6 +97,12 @@ class Bench(Protocol):
     def results(self) -> list[Measurement]: ...
 
 
+def _root_device(ctx: Bench) -> str | None:
+    """The block device holding the engine's data root, if the bench gave it one of its own."""
+    device = getattr(ctx, "data_root_device", None)
+    return device if isinstance(device, str) else None
+
+
 # Running and measuring
 
 
@@ -95,6 +111,7 @@ class Usage:
     cpu: float  # user + system seconds of the command and the children it waited for
     peak_rss: int  # bytes
     written: int  # bytes it caused to be written to storage (ru_oublock, 512-byte units)
+    read: int = 0  # bytes it read from storage (ru_inblock, 512-byte units): page cache misses
 
 
 def spawn(command: Command, env: dict[str, str], log_path: Path) -> Usage:
@@ -104,7 +121,7 @@ def spawn(command: Command, env: dict[str, str], log_path: Path) -> Usage:
     interpreter's high-water RSS at exec, so every ru_maxrss would read at least ours.
     """
     usage_path = log_path.with_name("time.out")
-    argv = (TIME, "-f", "%U %S %M %O", "-o", str(usage_path), "--", *command.argv)
+    argv = (TIME, "-f", "%U %S %M %O %I", "-o", str(usage_path), "--", *command.argv)
     write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, str(command.stdin or os.devnull), os.O_RDONLY, 0),
@@ -126,8 +143,13 @@ def spawn(command: Command, env: dict[str, str], log_path: Path) -> Usage:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise StepError(f"`{' '.join(command.argv)}` exited {code}:\n{tail(log_path)}")
-    user, system, rss_kib, blocks = usage_path.read_text().split()[-4:]
-    return Usage(float(user) + float(system), int(rss_kib) * 1024, int(blocks) * 512)
+    user, system, rss_kib, blocks_out, blocks_in = usage_path.read_text().split()[-5:]
+    return Usage(
+        float(user) + float(system),
+        int(rss_kib) * 1024,
+        int(blocks_out) * 512,
+        int(blocks_in) * 512,
+    )
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -142,34 +164,49 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def tree_usage(pid: int) -> tuple[float, int]:
-    """CPU seconds and bytes written by a process and its descendants, reaped ones included
-    (dockerd runs docker-untar and unpigz as children; the kernel adds their counts to it)."""
+@dataclass(frozen=True)
+class TreeUsage:
+    cpu: float = 0.0
+    read: int = 0
+    written: int = 0
+
+
+def tree_usage(pid: int) -> TreeUsage:
+    """CPU seconds and bytes read and written by a process and its descendants, reaped ones
+    included (dockerd runs containerd, docker-untar and unpigz as children; the kernel adds a
+    reaped child's counts to its parent's)."""
     try:
         process = psutil.Process(pid)
         processes = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0, 0
-    cpu, written = 0.0, 0
+        return TreeUsage()
+    cpu, read, written = 0.0, 0, 0
     for proc in processes:
         with contextlib.suppress(psutil.NoSuchProcess, OSError):
             times = proc.cpu_times()
             cpu += times.user + times.system + times.children_user + times.children_system
-            written += _written(proc.pid)
-    return cpu, written
+            counts = _io(proc.pid)
+            read += counts.get("read_bytes", 0)
+            written += counts.get("write_bytes", 0)
+    return TreeUsage(cpu, read, written)
 
 
-def _written(pid: int) -> int:
-    """/proc/PID/io write_bytes: bytes written into files, counted when the pages are dirtied.
+def _io(pid: int) -> dict[str, int]:
+    """/proc/PID/io, which counts a process's reaped children too.
 
-    Gross, like GNU time's %O for the commands: dockerd's staged archive counts although it
-    is deleted after the load, often before this 23 GiB machine writes it back; a device
-    with little RAM (a Raspberry Pi) writes it to the card.
+    ``write_bytes``: bytes written into files, counted when the pages are dirtied. Gross, like
+    GNU time's %O for the commands: dockerd's staged archive counts although it is deleted after
+    the load, often before this 23 GiB machine writes it back; a device with little RAM (a
+    Raspberry Pi) writes it to the card. ``read_bytes``: bytes the block layer read for it, so
+    page cache hits are free: after drop_caches, what it read from disk that nobody had read
+    (or written) since.
     """
+    counts = {}
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
+        key, _, value = line.partition(":")
+        if key in ("read_bytes", "write_bytes"):
+            counts[key] = int(value)
+    return counts
 
 
 def _host_busy() -> float:
@@ -207,24 +244,26 @@ def measure(
             setup()
         steps = commands() if callable(commands) else commands
         drop_caches()
-        (daemon_before, daemon_written_before), busy_before = (
-            tree_usage(ctx.daemon.pid),
-            _host_busy(),
-        )
+        root_device = _root_device(ctx)
+        load_average = os.getloadavg()[0]
+        daemon_before, busy_before = tree_usage(ctx.daemon.pid), _host_busy()
         read_before, written_before = _disk(ctx.device)
-        cpu, rss, written = 0.0, 0, 0
+        root_before = _disk(root_device)
+        cpu, rss, written, read = 0.0, 0, 0, 0
         start = time.perf_counter()
         for command in steps:
             usage = spawn(command, ctx.env, ctx.log_path)
             cpu += usage.cpu
             rss = max(rss, usage.peak_rss)
             written += usage.written
+            read += usage.read
         os.sync()
         seconds = time.perf_counter() - start
-        daemon_after, daemon_written_after = tree_usage(ctx.daemon.pid)
-        daemon_cpu = daemon_after - daemon_before
+        daemon_after = tree_usage(ctx.daemon.pid)
+        daemon_cpu = daemon_after.cpu - daemon_before.cpu
         busy = _host_busy() - busy_before
         read_after, written_after = _disk(ctx.device)
+        root_after = _disk(root_device)
         if check is not None:
             check()
         taken.append(
@@ -236,10 +275,16 @@ def measure(
                 daemon_cpu=daemon_cpu,
                 other_cpu=max(busy - cpu - daemon_cpu, 0.0),
                 peak_rss=rss,
-                written=written + daemon_written_after - daemon_written_before,
+                written=written + daemon_after.written - daemon_before.written,
                 disk_read=read_after - read_before,
                 disk_written=written_after - written_before,
                 output_bytes=tree_size(output) if output is not None else None,
+                client_read=read,
+                daemon_read=daemon_after.read - daemon_before.read,
+                client_written=written,
+                root_read=root_after[0] - root_before[0] if root_device else None,
+                root_written=root_after[1] - root_before[1] if root_device else None,
+                load_average=load_average,
             )
         )
     chosen = sorted(taken, key=lambda m: m.seconds)[(len(taken) - 1) // 2]
@@ -248,8 +293,10 @@ def measure(
     print(
         f"  {section:<12} {name:<58} {chosen.seconds:7.2f} s  "
         f"(cpu {chosen.client_cpu:.1f} s, {ctx.daemon_name} {chosen.daemon_cpu:.1f} s, "
-        f"others {chosen.other_cpu:.1f} s, written {chosen.written / MB:.0f} MB, "
-        f"rss {chosen.peak_rss / MB:.0f} MB)",
+        f"others {chosen.other_cpu:.1f} s, read {read_bytes(chosen) / MB:.0f} MB, "
+        f"written {chosen.written / MB:.0f} MB, rss {chosen.peak_rss / MB:.0f} MB"
+        + (f", root read {chosen.root_read / MB:.0f} MB" if chosen.root_read is not None else "")
+        + ")",
         file=sys.stderr,
         flush=True,
     )
@@ -283,6 +330,42 @@ def check_report(path: Path, expected: str, count: int) -> Callable[[], None]:
             raise StepError(f"forklift-boot reported {statuses}, expected {count} x {expected}")
 
     return check
+
+
+# A Raspberry Pi 4 on an SD card: an estimate from the counters, not a measurement
+
+
+@dataclass(frozen=True)
+class PiModel:
+    """What the estimate assumes (docs/benchmarks.md says where each number comes from)."""
+
+    read_mb_s: float = 40.0  # SD card reads (the Pi 4's SD bus tops out near 50 MB/s)
+    write_mb_s: float = 20.0  # SD card writes: between A1/A2's 10 MB/s floor and good cards' 45
+    core_ratio: float = 3.0  # seconds on one Pi 4 core (Cortex-A72, 1.5 GHz) per second here
+    cores: int = 4
+
+
+PI = PiModel()
+
+
+def read_bytes(m: Measurement) -> int:
+    """What the step read from storage: the commands' and the daemon's page cache misses."""
+    return m.client_read + m.daemon_read
+
+
+def pi_estimate(m: Measurement, model: PiModel = PI) -> tuple[float, float, float]:
+    """(card seconds, CPU seconds, estimate) on a Pi 4 for the bytes and CPU this step took.
+
+    The card serves one request at a time: its seconds are reads ÷ read speed + writes ÷ write
+    speed. The CPU work is this VM's CPU-s x ``core_ratio``, spread over as many cores as it
+    was here (CPU-s ÷ s, at most the Pi's 4). The estimate is the larger of the two: it assumes
+    each overlaps the other fully, so it is a lower bound when neither dominates.
+    """
+    card = read_bytes(m) / (model.read_mb_s * MB) + m.written / (model.write_mb_s * MB)
+    cpu = m.client_cpu + m.daemon_cpu
+    spread = min(max(cpu / m.seconds, 1.0), float(model.cores)) if m.seconds > 0 else 1.0
+    cpu_seconds = cpu * model.core_ratio / spread
+    return card, cpu_seconds, max(card, cpu_seconds)
 
 
 # Reporting

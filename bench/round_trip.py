@@ -1,10 +1,13 @@
 """Times forklift-boot's cache round trip against its peers, all in one run (by hand, not in CI).
 
     sudo .venv/pypi/bin/python -m bench.round_trip [--scale 1.0] [--runs 1] [--json FILE]
+        [--only export update memory compression load] [--load-variants]
 
 Run from the repository root, as root (it starts its own dockerd and drops the page cache);
 --scale 1 takes 12-16 minutes on a 2-core VM, --scale 0.1 about 2. Results: docs/benchmarks.md.
-It starts a private dockerd (Debian's docker.io 20.10, tests/testbed/dockerd.py) and builds four
+It starts a private dockerd (Debian's docker.io 20.10, tests/testbed/dockerd.py) whose data root
+is an ext4 filesystem on a loop device of its own, so the device's counters are the bytes read
+from and written to the data root, and builds four
 images of real files that share base layers (bench/image_set.py: about 1.4 GB of unique content
 at --scale 1, image a alone about 1 GB). Then, with ``sync; echo 3 > /proc/sys/vm/drop_caches``
 before each step and a final ``sync`` inside its timing:
@@ -16,10 +19,14 @@ before each step and a final ``sync`` inside its timing:
 - compression: ``gzip -1``, ``pigz -1`` and forklift-boot's ParallelGzip over the same tar;
 - load: ``forklift-boot load-img`` from both caches against ``docker load -i`` of a tar of the same
   images, cold (no layer present) and with about half of the layers present (b and c loaded first);
-- memory: forklift-boot's peak RSS caching and loading the >= 1 GB image alone.
+- memory: forklift-boot's peak RSS caching and loading the >= 1 GB image alone, and ``docker load``
+  of the archive load-img sends for it.
 
-Prints Markdown tables with ratios to the peers measured in the same run, and removes everything
-it created (daemon, mounts, temporary directories) on the way out, also after Ctrl-C.
+Every row also reports the bytes read (page cache misses) and written by the commands and
+dockerd's tree, the data root's own reads and writes, CPU-s per GB of unique content, and an
+estimate for a Raspberry Pi 4 on an SD card (bench/measuring.py, PiModel). It prints Markdown
+tables with ratios to the peers measured in the same run, and removes everything it created
+(daemon, mounts, loop device, temporary directories) on the way out, also after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,14 +34,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +56,7 @@ import forklift_boot
 from bench import image_set
 from bench.image_set import MB, BuiltImages, ref_of
 from bench.measuring import (
+    PI,
     TIME,
     Command,
     Measurement,
@@ -56,6 +67,8 @@ from bench.measuring import (
     first_line,
     mb,
     measure,
+    pi_estimate,
+    read_bytes,
     remove,
     scratch,
     seconds_text,
@@ -66,9 +79,12 @@ from bench.measuring import (
 from tests.testbed.dockerd import DockerDaemon
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("dockerd", "docker", "skopeo", "gzip", "pigz", "cp")
+TOOLS = ("dockerd", "docker", "skopeo", "gzip", "pigz", "cp", "mkfs.ext4", "losetup", "mount")
+SECTIONS = ("export", "update", "memory", "compression", "load")
 # Rough bytes on disk per byte of unique content: daemon store, tars, caches, layouts.
 DISK_FACTOR = 14
+# The data root's filesystem, per byte of unique content: the images, a staged export or load.
+DATA_ROOT_FACTOR = 6
 
 
 @dataclass
@@ -86,6 +102,7 @@ class Context:
     runs: int
     results: list[Measurement] = field(default_factory=list)
     daemon_name: str = "dockerd"
+    data_root_device: str | None = None  # the loop device holding dockerd's data root
 
     def path(self, name: str) -> Path:
         return self.work / name
@@ -177,8 +194,20 @@ def skopeo_copy(ctx: Context, layout: Path, name: str, *extra: str) -> Command:
 
 def prepare(ctx: Context) -> None:
     """Tars the measurements need as inputs or byte counts (untimed)."""
-    for names, tar in ((["a"], "a.tar"), (["a", "d"], "ad.tar"), (["b", "c"], "bc.tar")):
+    tars = [(["a"], "a.tar"), (["a", "d"], "ad.tar"), (["b", "c"], "bc.tar")]
+    tars.append((list(image_set.IMAGES), "all.tar"))  # export measures it again
+    for names, tar in tars:
         spawn(docker_save(ctx, names, ctx.path(tar)), ctx.env, ctx.log_path)
+
+
+def ensure_cache(ctx: Context, name: str, compress: str, names: Sequence[str]) -> Path:
+    """A cache the load steps read, filled (untimed) when its section was left out."""
+    cache = ctx.path(name)
+    if not cache.exists():
+        spawn(
+            cache_img(ctx, cache, compress, names, ctx.path("report.json")), ctx.env, ctx.log_path
+        )
+    return cache
 
 
 def run_export(ctx: Context) -> None:
@@ -289,9 +318,12 @@ def run_compression(ctx: Context) -> None:
     )
 
 
-def run_load(ctx: Context) -> None:
+def run_load(ctx: Context, variants: bool = False) -> None:
     names, rest = list(image_set.IMAGES), ["a", "d"]
     report = ctx.path("report.json")
+    for compress in ("none", "gzip"):
+        ensure_cache(ctx, f"cache-{compress}", compress, names)
+        ensure_cache(ctx, f"cache-a-{compress}", compress, ["a"])
 
     def cold() -> None:
         reset_images(ctx)
@@ -359,114 +391,224 @@ def run_load(ctx: Context) -> None:
             setup=cold,
             check=fb_loaded(["a"]),
         )
+    # The same bytes as load-img a from the gzip cache, sent by `docker load`: what dockerd's
+    # side of a gzip load costs without forklift-boot's client.
+    a_oci = ctx.path("a-gzip-oci.tar")
+    export = (
+        ctx.python,
+        "-m",
+        "forklift_boot",
+        "cache",
+        "export-img",
+        "--cache-dir",
+        str(ctx.path("cache-a-gzip")),
+        "--format",
+        "oci",
+        "-o",
+        str(a_oci),
+        ref_of("a"),
+    )
+    spawn(Command(export), ctx.env, ctx.log_path)
+    measure(
+        ctx,
+        "memory",
+        "docker load -i a.tar (cache export-img --format oci of the gzip cache)",
+        [docker_load(a_oci.name)],
+        setup=cold,
+        check=docker_loaded(["a"]),
+    )
+    remove(a_oci)
+    if not variants:
+        return
+
+    # Two load-img processes at once, never two that need the same missing layer: what
+    # overlapping loads would gain (a and d share no layer; b and c need only their own once a
+    # is in).
+    def at_once(*groups: Sequence[str]) -> list[Command]:
+        commands = []
+        for group in groups:
+            script = " & ".join(
+                shlex.join(
+                    load_img(ctx, ctx.path("cache-gzip"), [name], ctx.path(f"r-{name}.json")).argv
+                )
+                + f" > {shlex.quote(str(ctx.path(f'r-{name}.json')))}"
+                for name in group
+            )
+            commands.append(Command(("sh", "-c", f"{script} & wait")))
+        return commands
+
+    measure(
+        ctx,
+        "load cold",
+        "forklift-boot load-img, two at once: a|d, then b|c (gzip cache)",
+        at_once(["a", "d"], ["b", "c"]),
+        setup=cold,
+        check=docker_loaded(names),
+    )
+    measure(
+        ctx,
+        "load half",
+        "forklift-boot load-img, a|d at once (gzip cache)",
+        at_once(["a", "d"]),
+        setup=half,
+        check=docker_loaded(rest),
+    )
 
 
 # Reporting
 
+# Every table ends with these: what the step read and wrote, its CPU per GB of the section's
+# unique content, and the Pi 4 estimate built from them (bench/measuring.py, PiModel).
+COUNTER_HEADER = [
+    "client CPU s",
+    "dockerd CPU s",
+    "other CPU s",
+    "CPU s per GB",
+    "read MB",
+    "data root read MB",
+    "written MB",
+    "data root written MB",
+    "peak RSS MB",
+    "load",
+    "Pi 4 est. s (card / CPU)",
+]
+
+
+def counters(m: Measurement, basis: int) -> list[str]:
+    card, cpu, estimate = pi_estimate(m)
+
+    def maybe(n: int | None) -> str:
+        return "-" if n is None else mb(n)
+
+    return [
+        f"{m.client_cpu:.1f}",
+        f"{m.daemon_cpu:.1f}",
+        f"{m.other_cpu:.1f}",
+        f"{(m.client_cpu + m.daemon_cpu) / (basis / 1e9):.1f}",
+        mb(read_bytes(m)),
+        maybe(m.root_read),
+        mb(m.written),
+        maybe(m.root_written),
+        f"{m.peak_rss / MB:.0f}",
+        f"{m.load_average:.1f}",
+        f"**{estimate:.0f}** ({card:.0f} / {cpu:.0f})",
+    ]
+
 
 def render(ctx: Context, sizes: dict[str, int]) -> str:
-    by_name = {(m.section, m.name): m for m in ctx.results}
+    def find(section: str, prefix: str) -> Measurement | None:
+        return next(
+            (m for m in ctx.results if m.section == section and m.name.startswith(prefix)), None
+        )
 
-    def find(section: str, prefix: str) -> Measurement:
-        return next(m for (s, n), m in by_name.items() if s == section and n.startswith(prefix))
+    def ratio(m: Measurement, peer: Measurement | None) -> str:
+        return "-" if peer is None else f"{m.seconds / peer.seconds:.2f}"
 
     unique = sizes["all.tar"]
-    cp = statistics.mean(find("export", f"cp all.tar ({n})").seconds for n in ("1st", "2nd"))
+    cps = [find("export", f"cp all.tar ({n})") for n in ("1st", "2nd")]
+    cp = statistics.mean(m.seconds for m in cps if m is not None) if all(cps) else None
 
-    def cp_for(basis: int) -> float:
-        return cp * basis / unique  # cp of that many bytes, at the rate measured
+    def x_cp(m: Measurement, basis: int) -> str:
+        return "-" if cp is None else f"{m.seconds / (cp * basis / unique):.1f}"
 
-    floor = find("export", "docker save a b c d > /dev/null").seconds
+    floor = find("export", "docker save a b c d > /dev/null")
     out = []
-    table = Table(
-        f"Export: U = {mb(unique)} MB of unique content (`docker save` of all four images)",
-        [
-            "step",
-            "s",
-            "MB/s (U/s)",
-            "x cp",
-            "x save floor",
-            "on disk MB",
-            "client CPU s",
-            "dockerd CPU s",
-            "other CPU s",
-            "written MB",
-            "peak RSS MB",
-        ],
-    )
-    for m in ctx.results:
-        if m.section != "export":
-            continue
-        on_disk = (
-            sizes["all.tar"] if m.name.startswith("docker save -o all.tar") else m.output_bytes
+    if any(m.section == "export" for m in ctx.results):
+        table = Table(
+            f"Export: U = {mb(unique)} MB of unique content (`docker save` of all four images)",
+            ["step", "s", "MB/s (U/s)", "x cp", "x save floor", "on disk MB", *COUNTER_HEADER],
         )
-        table.row(
-            m.name,
-            seconds_text(m),
-            f"{unique / MB / m.seconds:.0f}",
-            f"{m.seconds / cp:.1f}",
-            f"{m.seconds / floor:.2f}",
-            mb(on_disk) if on_disk is not None else "-",
-            f"{m.client_cpu:.1f}",
-            f"{m.daemon_cpu:.1f}",
-            f"{m.other_cpu:.1f}",
-            mb(m.written),
-            f"{m.peak_rss / MB:.0f}",
-        )
-    out.append(table.text())
-
-    table = Table(
-        f"Update: cache-img of a and d ({mb(sizes['ad.tar'])} MB as `docker save a d`)",
-        [
-            "step",
-            "s",
-            "x cp",
-            "on disk MB",
-            "client CPU s",
-            "dockerd CPU s",
-            "other CPU s",
-            "written MB",
-        ],
-    )
-    for m in ctx.results:
-        if m.section == "update":
-            table.row(
-                m.name,
-                seconds_text(m),
-                f"{m.seconds / cp_for(sizes['ad.tar']):.1f}",
-                mb(m.output_bytes or 0),
-                f"{m.client_cpu:.1f}",
-                f"{m.daemon_cpu:.1f}",
-                f"{m.other_cpu:.1f}",
-                mb(m.written),
+        for m in ctx.results:
+            if m.section != "export":
+                continue
+            on_disk = (
+                sizes["all.tar"] if m.name.startswith("docker save -o all.tar") else m.output_bytes
             )
-    out.append(table.text())
-
-    table = Table(
-        f"Compression of all.tar ({mb(unique)} MB) to a file",
-        ["tool", "s", "MB/s in", "out MB", "out/in", "CPU s", "CPU s per GB in", "other CPU s"],
-    )
-    for m in ctx.results:
-        if m.section == "compression":
-            size = m.output_bytes
             table.row(
                 m.name,
                 seconds_text(m),
                 f"{unique / MB / m.seconds:.0f}",
-                "-" if size is None else mb(size),
-                "-" if size is None else f"{size / unique:.3f}",
-                f"{m.client_cpu:.1f}",
-                f"{m.client_cpu / (unique / 1e9):.1f}",
-                f"{m.other_cpu:.1f}",
+                x_cp(m, unique),
+                ratio(m, floor),
+                mb(on_disk) if on_disk is not None else "-",
+                *counters(m, unique),
             )
-    out.append(table.text())
+        out.append(table.text())
+
+    empty = find("update", "forklift-boot cache-img --compress gzip a d (empty cache)")
+    cached = find("update", "forklift-boot cache-img --compress gzip a d (b c cached)")
+    if empty is not None and cached is not None:
+        basis = sizes["ad.tar"]
+        table = Table(
+            f"Update: cache-img of a and d ({mb(basis)} MB as `docker save a d`)",
+            ["step", "s", "x cp", "on disk MB", *COUNTER_HEADER],
+        )
+        for m in (empty, cached):
+            table.row(
+                m.name,
+                seconds_text(m),
+                x_cp(m, basis),
+                mb(m.output_bytes or 0),
+                *counters(m, basis),
+            )
+
+        def part(a: float | None, b: float | None) -> str:
+            return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+        table.row(
+            "**b c cached ÷ empty cache**",
+            part(cached.seconds, empty.seconds),
+            "",
+            "",
+            part(cached.client_cpu, empty.client_cpu),
+            part(cached.daemon_cpu, empty.daemon_cpu),
+            "",
+            part(cached.client_cpu + cached.daemon_cpu, empty.client_cpu + empty.daemon_cpu),
+            part(read_bytes(cached), read_bytes(empty)),
+            part(cached.root_read, empty.root_read),
+            part(cached.written, empty.written),
+            part(cached.root_written, empty.root_written),
+            "",
+            "",
+            part(pi_estimate(cached)[2], pi_estimate(empty)[2]),
+        )
+        known = set(image_set.IMAGES["a"]) & {
+            layer for name in ("b", "c") for layer in image_set.IMAGES[name]
+        }
+        known_bytes = sum(ctx.images.layers[layer].content_bytes for layer in sorted(known))
+        out.append(table.text())
+        out.append(
+            f"The cache has {', '.join(sorted(known))} ({mb(known_bytes)} MB of file content) "
+            "before the update: a run that reads none of them reads at most "
+            f"{mb(basis - known_bytes)} MB from the data root.\n"
+        )
+
+    if any(m.section == "compression" for m in ctx.results):
+        table = Table(
+            f"Compression of all.tar ({mb(unique)} MB) to a file",
+            ["tool", "s", "MB/s in", "out MB", "out/in", *COUNTER_HEADER],
+        )
+        for m in ctx.results:
+            if m.section == "compression":
+                size = m.output_bytes
+                table.row(
+                    m.name,
+                    seconds_text(m),
+                    f"{unique / MB / m.seconds:.0f}",
+                    "-" if size is None else mb(size),
+                    "-" if size is None else f"{size / unique:.3f}",
+                    *counters(m, unique),
+                )
+        out.append(table.text())
 
     for section, basis_name, peer_prefix in (
         ("load cold", "all.tar", "docker load -i all.tar"),
         ("load half", "ad.tar", "docker load -i ad.tar"),
     ):
+        if not any(m.section == section for m in ctx.results):
+            continue
         basis = sizes[basis_name]
-        peer = find(section, peer_prefix).seconds
+        peer = find(section, peer_prefix)
         title = (
             f"Load, cold: every layer missing ({mb(basis)} MB)"
             if section == "load cold"
@@ -474,52 +616,47 @@ def render(ctx: Context, sizes: dict[str, int]) -> str:
         )
         table = Table(
             title,
-            [
-                "step",
-                "s",
-                "MB/s",
-                "x cp",
-                "x docker load",
-                "client CPU s",
-                "dockerd CPU s",
-                "other CPU s",
-                "written MB",
-                "peak RSS MB",
-            ],
+            ["step", "s", "MB/s", "x cp", "x docker load", "x load (Pi est.)", *COUNTER_HEADER],
         )
         for m in ctx.results:
             if m.section == section:
+                pi_ratio = (
+                    "-" if peer is None else f"{pi_estimate(m)[2] / pi_estimate(peer)[2]:.2f}"
+                )
                 table.row(
                     m.name,
                     seconds_text(m),
                     f"{basis / MB / m.seconds:.0f}",
-                    f"{m.seconds / cp_for(basis):.1f}",
-                    f"{m.seconds / peer:.2f}",
-                    f"{m.client_cpu:.1f}",
-                    f"{m.daemon_cpu:.1f}",
-                    f"{m.other_cpu:.1f}",
-                    mb(m.written),
-                    f"{m.peak_rss / MB:.0f}",
+                    x_cp(m, basis),
+                    ratio(m, peer),
+                    pi_ratio,
+                    *counters(m, basis),
                 )
         out.append(table.text())
 
-    table = Table(
-        f"Memory: image a alone ({mb(sizes['a.tar'])} MB as `docker save a`)",
-        ["step", "s", "peak RSS MB", "client CPU s", "on disk MB"],
-    )
-    for m in ctx.results:
-        if m.section == "memory":
-            disk_text = mb(m.output_bytes) if m.output_bytes is not None else "-"
-            table.row(
-                m.name, seconds_text(m), f"{m.peak_rss / MB:.0f}", f"{m.client_cpu:.1f}", disk_text
-            )
-    out.append(table.text())
+    if any(m.section == "memory" for m in ctx.results):
+        basis = sizes["a.tar"]
+        table = Table(
+            f"Memory: image a alone ({mb(basis)} MB as `docker save a`)",
+            ["step", "s", "on disk MB", *COUNTER_HEADER],
+        )
+        for m in ctx.results:
+            if m.section == "memory":
+                disk_text = mb(m.output_bytes) if m.output_bytes is not None else "-"
+                table.row(m.name, seconds_text(m), disk_text, *counters(m, basis))
+        out.append(table.text())
 
     interference = sum(m.other_cpu for m in ctx.results)
     busy = sum(m.seconds for m in ctx.results)
     out.append(
         f"Other CPU on the host during the timed steps (busy CPU minus the commands and dockerd: "
         f"other work, kernel writeback): {interference:.0f} CPU-s over {busy:.0f} s of steps.\n"
+    )
+    out.append(
+        f"Pi 4 estimate (not measured on a Pi): card s = read ÷ {PI.read_mb_s:.0f} MB/s + "
+        f"written ÷ {PI.write_mb_s:.0f} MB/s; CPU s = (client + dockerd CPU-s) x "
+        f"{PI.core_ratio:g} ÷ the cores it used here (at most {PI.cores}); estimate = the "
+        "larger.\n"
     )
     return "\n".join(out)
 
@@ -588,6 +725,36 @@ def describe_images(images: BuiltImages, sizes: dict[str, int]) -> str:
 # Main
 
 
+@contextlib.contextmanager
+def private_daemon(work: Path, scale: float) -> Iterator[tuple[DockerDaemon, str]]:
+    """A private dockerd whose data root is an ext4 filesystem on a loop device of its own, so
+    the device's counters (diskstats) are exactly the bytes read from and written to the data
+    root. The loop device reads its file with direct I/O: no second copy in the page cache."""
+    daemon = DockerDaemon()
+    image = work / "data-root.ext4"
+    with image.open("wb") as file:
+        file.truncate(int(DATA_ROOT_FACTOR * 1.4e9 * scale) + 2 * 10**9)  # sparse
+    # Inode tables written now, not by ext4lazyinit during the steps (it would count).
+    mkfs = ["mkfs.ext4", "-q", "-i", "32768", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
+    subprocess.run([*mkfs, str(image)], check=True)
+    losetup = ["losetup", "--find", "--show", "--direct-io=on", str(image)]
+    device = subprocess.run(losetup, check=True, capture_output=True, text=True).stdout.strip()
+    daemon.data_root.mkdir(parents=True)
+    try:
+        subprocess.run(["mount", device, str(daemon.data_root)], check=True)
+    finally:
+        # Detaching a mounted loop device marks it autoclear: it goes with the last umount.
+        subprocess.run(["losetup", "-d", device], check=False)
+    try:
+        with daemon:
+            yield daemon, Path(device).name
+    finally:
+        subprocess.run(
+            ["umount", "-R", str(daemon.data_root)], check=False, stderr=subprocess.DEVNULL
+        )
+        shutil.rmtree(daemon.dir, ignore_errors=True)
+
+
 def _check_host(scale: float, work_parent: Path) -> None:
     if os.geteuid() != 0:
         sys.exit("bench.round_trip: run as root (private dockerd, drop_caches)")
@@ -611,11 +778,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter for forklift-boot")
     parser.add_argument("--work-dir", type=Path, help="parent of the scratch directory (/tmp)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="measure only these sections (the inputs of the others are made untimed)",
+    )
+    parser.add_argument(
+        "--load-variants",
+        action="store_true",
+        help="also time two load-img processes at once (overlapped loads)",
+    )
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # `-m forklift_boot` and `-m bench.parallel_gzip` import from here
     _check_host(args.scale, args.work_dir or Path("/tmp"))
     signal.signal(signal.SIGTERM, terminate)
-    with scratch(args.work_dir) as work, DockerDaemon() as daemon:
+    with scratch(args.work_dir) as work, private_daemon(work, args.scale) as (daemon, root_dev):
         tmp = work / "tmp"
         tmp.mkdir()
         env = {
@@ -638,15 +817,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             device_of(work),
             work / "commands.log",
             max(args.runs, 1),
+            data_root_device=root_dev,
         )
         info = machine(ctx)
         prepare(ctx)
-        run_export(ctx)
         sizes = {name: tree_size(ctx.path(name)) for name in ("all.tar", "a.tar", "ad.tar")}
-        run_update(ctx)
-        run_memory_cache(ctx)
-        run_compression(ctx)
-        run_load(ctx)
+        sections: dict[str, Callable[[Context], None]] = {
+            "export": run_export,
+            "update": run_update,
+            "memory": run_memory_cache,
+            "compression": run_compression,
+            "load": functools.partial(run_load, variants=args.load_variants),
+        }
+        for section, run in sections.items():
+            if section in args.only:
+                run(ctx)
         info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         client.close()
         text = "\n".join(
