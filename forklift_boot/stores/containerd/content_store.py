@@ -34,7 +34,7 @@ from forklift_boot.cache import (
 )
 from forklift_boot.cache.adopt import COPIED, LINKED, PRESENT, REFLINKED, UnusableSource, adopt_blob
 from forklift_boot.errors import CacheError
-from forklift_boot.images import ByteCounter, CopiedImage
+from forklift_boot.images import ByteCounter, CopiedImage, SourceImage
 from forklift_boot.platforms import best_match, parse_platform, platform_of
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,37 @@ class ContentStore:
         if algorithm != "sha256" or len(hex_digest) != 64 or not _is_hex(hex_digest):
             raise _Missing(f"{digest} is not a sha256 digest")
         return self._blobs / hex_digest
+
+    def copy_images(
+        self,
+        writer: CacheWriter,
+        images: Sequence[tuple[SourceImage, Descriptor, str, str]],
+        *,
+        all_platforms: bool,
+        on_bytes: ByteCounter,
+    ) -> dict[str, CopiedImage]:
+        """Copies each (image, its manifest or index, its name, its platform) whose blobs are all
+        here, keyed by canonical name and by image ID; spellings of one root are copied once.
+        The images left out are for the caller's export stream."""
+        copied: dict[str, CopiedImage] = {}
+        credited: set[str] = set()
+        by_root: dict[str, CopiedImage | None] = {}
+        for image, root, name, platform in images:
+            if root.digest not in by_root:
+                by_root[root.digest] = self.copy_image(
+                    writer,
+                    root,
+                    platform=platform,
+                    all_platforms=all_platforms,
+                    name=name,
+                    credited=credited,
+                    on_bytes=on_bytes,
+                )
+            result = by_root[root.digest]
+            if result is not None:
+                copied[image.wanted.canonical] = result
+                copied.setdefault(image.image_id, result)
+        return copied
 
     def copy_image(
         self,

@@ -105,24 +105,14 @@ class ContainerdSource:
         copied: dict[str, CopiedImage] = {}
         store = self.content_store()
         if store is not None:
-            credited: set[str] = set()
-            by_digest: dict[str, CopiedImage | None] = {}  # spellings share a record's target
+            roots = []
             for image in images:
                 record = self._records[image.wanted.canonical]
-                if record.digest not in by_digest:
-                    by_digest[record.digest] = store.copy_image(
-                        writer,
-                        Descriptor(record.media_type, record.digest, 0),
-                        platform=self.platform,
-                        all_platforms=self.all_platforms,
-                        name=record.name,
-                        credited=credited,
-                        on_bytes=on_bytes,
-                    )
-                result = by_digest[record.digest]
-                if result is not None:
-                    copied[image.wanted.canonical] = result
-                    copied.setdefault(image.image_id, result)
+                root = Descriptor(record.media_type, record.digest, 0)
+                roots.append((image, root, record.name, self.platform))
+            copied = store.copy_images(
+                writer, roots, all_platforms=self.all_platforms, on_bytes=on_bytes
+            )
         rest = [image for image in images if image.wanted.canonical not in copied]
         if rest:
             copied.update(self._export(rest, writer, on_bytes))

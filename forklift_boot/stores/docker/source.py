@@ -217,24 +217,19 @@ class DockerSource:
         copied: dict[str, CopiedImage] = {}
         store = self._content_store()
         if store is not None:
-            credited: set[str] = set()
-            by_id: dict[str, CopiedImage | None] = {}
-            for image in images:
-                # Docker's image ID in this store is the digest of the manifest or index.
-                if image.image_id not in by_id:
-                    by_id[image.image_id] = store.copy_image(
-                        writer,
-                        Descriptor("", image.image_id, 0),
-                        platform=image.platform,
-                        all_platforms=self.all_platforms,
-                        name=self._found_as[image.wanted.canonical],
-                        credited=credited,
-                        on_bytes=on_bytes,
-                    )
-                result = by_id[image.image_id]
-                if result is not None:
-                    copied[image.wanted.canonical] = result
-                    copied.setdefault(image.image_id, result)
+            # Docker's image ID in this store is the digest of the manifest or index.
+            roots = [
+                (
+                    image,
+                    Descriptor("", image.image_id, 0),
+                    self._found_as[image.wanted.canonical],
+                    image.platform,
+                )
+                for image in images
+            ]
+            copied = store.copy_images(
+                writer, roots, all_platforms=self.all_platforms, on_bytes=on_bytes
+            )
         rest = [image for image in images if image.wanted.canonical not in copied]
         if rest:
             copied.update(self._save_layout(rest, writer, on_bytes))
