@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from forklift_boot.archive.gzip_encoders import open_gzip_encoder
 from forklift_boot.cache import MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, CacheWriter, Descriptor
-from forklift_boot.errors import CacheError
 
 # zlib's level 1; the encoders map it onto their own scale (gzip_encoders._isal_level).
 GZIP_LEVEL = 1
@@ -42,7 +41,10 @@ def store_layer(
     hashed a second time here. A layer whose diff ID is in ``known_layers`` is not stored
     again: the cache's copy (perhaps compressed another way) is returned.
     """
-    with writer.blob_writer() as blob:
+    # Stored as it comes, the blob's digest is the diff ID: a source that checks it is trusted
+    # with it (one sha256 per byte, not two).
+    source_checks = diff_id if compress != "gzip" else None
+    with writer.blob_writer(source_checks=source_checks) as blob:
         if compress == "gzip":
             hasher = hashlib.sha256() if diff_id is None else None
             encoder = open_gzip_encoder(GZIP_LEVEL, gzip_workers)
@@ -61,10 +63,7 @@ def store_layer(
         else:
             for chunk in chunks:
                 blob.write(chunk)
-            # Stored as it came: the blob's own digest is the diff ID (one hash, not two).
             media_type, actual = MEDIA_OCI_LAYER, blob.digest
-            if diff_id is not None and actual != diff_id:
-                raise CacheError(f"couldn't store layer {diff_id}: its bytes hash to {actual}")
         known = known_layers.get(actual)
         if known is not None:
             blob.discard()

@@ -45,10 +45,11 @@ class CacheWriter(CacheReader):
         self._lock_timeout = lock_timeout
 
     @contextmanager
-    def blob_writer(self) -> Iterator[BlobWriter]:
-        """A BlobWriter whose temporary is removed on leaving the block unless committed."""
+    def blob_writer(self, *, source_checks: str | None = None) -> Iterator[BlobWriter]:
+        """A BlobWriter whose temporary is removed on leaving the block unless committed
+        (``source_checks``: see BlobWriter)."""
         self._check_open()
-        writer = BlobWriter(self._blobs_dir)
+        writer = BlobWriter(self._blobs_dir, source_checks=source_checks)
         try:
             yield writer
         finally:

@@ -56,6 +56,30 @@ def test_blob_appears_only_under_its_digest_on_commit(writer: CacheWriter) -> No
     assert writer.blob_size(stored.digest) == len(data)
 
 
+def test_a_source_checked_blob_is_named_by_the_source_and_not_hashed_again(
+    writer: CacheWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"layer tar bytes " * 1000
+    digest = sha256(data)
+    # The writer must not hash: every sha256 object made while writing fails the test.
+    monkeypatch.setattr(
+        "forklift_boot.cache.blob_writer.hashlib.sha256",
+        lambda *_: pytest.fail("hashed a blob its source checks"),
+    )
+    with writer.blob_writer(source_checks=digest) as blob:
+        blob.write(data)
+        stored = blob.commit()
+    monkeypatch.undo()
+    assert (stored.digest, stored.size, stored.is_new) == (digest, len(data), True)
+    assert writer.blob_path(stored.digest).read_bytes() == data
+
+
+def test_a_source_checked_blob_refuses_a_malformed_digest(writer: CacheWriter) -> None:
+    with pytest.raises(CacheError), writer.blob_writer(source_checks="sha256:../../x"):
+        pass
+    assert blob_names(writer.cache_dir) == []
+
+
 def test_existing_blob_is_never_rewritten(writer: CacheWriter) -> None:
     data = b"shared base layer"
     first = writer.write_blob(data, MEDIA_OCI_CONFIG)
