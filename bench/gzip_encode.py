@@ -1,12 +1,14 @@
-"""Compresses stdin to stdout with one of forklift-boot's gzip encoders, for bench/gzip_encoders.py.
+"""Compresses stdin to stdout with one of forklift-boot's gzip encoders (bench/gzip_encoders.py,
+bench/round_trip.py's compression section).
 
     .venv/pypi/bin/python -m bench.gzip_encode ENCODER LEVEL WORKERS < IN > OUT
 
-ENCODER is a name of forklift_boot.archive.gzip_encoders.PREFERENCE (LEVEL is then zlib's, mapped as
-cache-img maps it), ``module:M`` (ThreadedBlockGzip over the zlib-like module M, LEVEL its own),
-``program:P`` (PipeGzip over ``P -LEVEL -n -c``), or ``zlib-stream``: one zlib stream in this
-thread, like ``gzip -1``. A module of its own so that the measured process
-imports what cache-img would and no more (bench/image_set.py pulls in the Docker SDK).
+ENCODER is ``auto`` (the one cache-img picks here), a name of
+forklift_boot.archive.gzip_encoders.PREFERENCE (LEVEL is then zlib's, mapped as cache-img maps it),
+``module:M`` (ThreadedBlockGzip over the zlib-like module M, LEVEL its own), ``program:P``
+(PipeGzip over ``P -LEVEL -n -c``), or ``zlib-stream``: one zlib stream in this thread, like
+``gzip -1``. A module of its own so that the measured process imports what cache-img would and no
+more (bench/image_set.py pulls in the Docker SDK).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def main(argv: list[str]) -> int:
     elif kind == "program":
         gz = PipeGzip(name, (shutil.which(name) or name, f"-{level}", "-n", "-c"))
     else:
-        gz = open_gzip_encoder(level, workers, encoder=encoder)
+        gz = open_gzip_encoder(level, workers, encoder=None if encoder == "auto" else encoder)
     try:
         while chunk := source.read(CHUNK):
             for part in gz.write(chunk):

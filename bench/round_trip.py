@@ -16,7 +16,7 @@ before each step and a final ``sync`` inside its timing:
   (to /dev/null: the daemon's floor; and to a file), ``docker save -o`` per image,
   ``skopeo copy docker-daemon: oci:`` per image (gzip, and uncompressed layers), and ``cp`` of the
   same bytes; then an update: cache-img of a and d into a cache that has b and c;
-- compression: ``gzip -1``, ``pigz -1`` and forklift-boot's ParallelGzip over the same tar;
+- compression: ``gzip -1``, ``pigz -1`` and the gzip encoder cache-img picks over the same tar;
 - load: ``forklift-boot load-img`` from both caches against ``docker load -i`` of a tar of the same
   images, cold (no layer present) and with about half of the layers present (b and c loaded first);
 - memory: forklift-boot's peak RSS caching and loading the >= 1 GB image alone, and ``docker load``
@@ -301,11 +301,12 @@ def run_compression(ctx: Context) -> None:
     }
     for label, argv in commands.items():
         measure(ctx, "compression", label, [Command(argv, stdin=all_tar, stdout=out)], output=out)
+    encode = (ctx.python, "-m", "bench.gzip_encode", "auto", "1", cores)
     measure(
         ctx,
         "compression",
-        f"forklift-boot ParallelGzip level 1, {cores} threads",
-        [Command((ctx.python, "-m", "bench.parallel_gzip", str(all_tar), str(out)))],
+        f"forklift-boot's gzip encoder (the one cache-img picks), level 1, {cores} threads",
+        [Command(encode, stdin=all_tar, stdout=out)],
         output=out,
     )
     remove(out)
@@ -791,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time two load-img processes at once (overlapped loads)",
     )
     args = parser.parse_args(argv)
-    os.chdir(ROOT)  # `-m forklift_boot` and `-m bench.parallel_gzip` import from here
+    os.chdir(ROOT)  # `-m forklift_boot` and `-m bench.gzip_encode` import from here
     _check_host(args.scale, args.work_dir or Path("/tmp"))
     signal.signal(signal.SIGTERM, terminate)
     with scratch(args.work_dir) as work, private_daemon(work, args.scale) as (daemon, root_dev):

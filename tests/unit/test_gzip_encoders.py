@@ -31,8 +31,7 @@ from forklift_boot.errors import CacheError
 AVAILABLE = [choice.name for choice in available_encoders()]
 PROGRAMS = [name for name in AVAILABLE if name in ("igzip", "pigz")]
 MiB = 1 << 20
-# Block boundaries of the library encoders (1 MiB) and of zlib's ParallelGzip (4 MiB), and
-# inputs of several blocks of each.
+# Block boundaries of the threaded encoders (1 MiB, zlib's too), and inputs of several blocks.
 SIZES = (
     0,
     1,
