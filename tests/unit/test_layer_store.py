@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import hashlib
 import io
@@ -195,6 +196,48 @@ def test_counts_every_byte_and_file_it_reads(tmp_path: Path) -> None:
     assert counter.bytes_read == sum(len(m.content) for m in files) + metadata + tar_split
     assert counter.files_opened == len(files) + 3  # diff, cache-id, tar-split
     assert counter.layers_opened == 1
+
+
+def file_members() -> list[Member]:
+    return [m for m in RICH if m.kind == tarfile.REGTYPE and m.content]
+
+
+def age_atimes(layer: FakeLayer) -> dict[Path, int]:
+    """Sets every file's atime far before its mtime (relatime then updates it on a read)."""
+    atimes = {}
+    for path in layer.diff_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(10**18, path.stat().st_mtime_ns))
+            atimes[path] = path.stat().st_atime_ns
+    return atimes
+
+
+def test_reading_a_layer_leaves_its_files_atimes_alone(tmp_path: Path) -> None:
+    # Each atime update is an inode write to the card holding Docker's data root.
+    layer = fake_layer(tmp_path, RICH)
+    atimes = age_atimes(layer)
+    assert len(atimes) >= len(file_members()) > 0
+    assert read_all(layer.open()) == layer.tar
+    assert {path: path.stat().st_atime_ns for path in atimes} == atimes
+
+
+def test_files_of_another_owner_are_read_without_o_noatime_when_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without CAP_FOWNER (the hardened unit) the kernel refuses O_NOATIME on another's file.
+    layer = fake_layer(tmp_path, RICH)
+    real_open = os.open
+    refused: list[object] = []
+
+    def open_as_a_non_owner(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_NOATIME:
+            refused.append(path)
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_as_a_non_owner)
+    assert read_all(layer.open()) == layer.tar
+    assert len(refused) == len(file_members())
 
 
 def test_opening_a_layer_reads_nothing_until_iterated(tmp_path: Path) -> None:
