@@ -24,12 +24,14 @@ timing (bench/measuring.py, as bench/round_trip.py does):
    to a file), then ``forklift-boot load-img --into containerd`` against ``ctr images import``
    of the exported tar.
 
-Daemon CPU and bytes written are those of the daemons' whole process tree (containerd and dockerd,
-or containerd alone). Every load is checked: each ref resolves to the digest it was pulled as.
-Prints Markdown tables with ratios to the peers measured in the same run, and removes everything
-it created (daemons, temporary directories) on the way out, also after Ctrl-C or SIGTERM.
-On the 2-core VM of docs/benchmarks.md, --scale 1 (1.4 GB of unique content, 0.75 GB of gzip
-blobs) took 10.4 minutes with --runs 3, --scale 0.25 1.8 minutes with --runs 1.
+Daemon CPU and bytes read and written are those of the daemons' whole process tree (containerd and
+dockerd, or containerd alone) plus the commands' (GNU time); bytes read are page cache misses after
+``drop_caches``: with hard links, the content store's blobs are not read at all. Every load is
+checked: each ref resolves to the digest it was pulled as. Prints Markdown tables with ratios to
+the peers measured in the same run, and removes everything it created (daemons, temporary
+directories) on the way out, also after Ctrl-C or SIGTERM. On the 2-core VM of docs/benchmarks.md,
+--scale 1 (1.4 GB of unique content, 0.75 GB of gzip blobs) took 10.4 minutes with --runs 3,
+--scale 0.25 1.8 minutes with --runs 1.
 """
 
 from __future__ import annotations
@@ -526,6 +528,7 @@ def render(ctx: Context, published: Published, sizes: Mapping[str, int]) -> str:
             "client CPU s",
             f"{daemon} CPU s",
             "other CPU s",
+            "read MB",
             "written MB",
             "peak RSS MB",
             "load avg",
@@ -547,6 +550,7 @@ def render(ctx: Context, published: Published, sizes: Mapping[str, int]) -> str:
                 f"{m.client_cpu:.1f}",
                 f"{m.daemon_cpu:.1f}",
                 f"{m.other_cpu:.1f}",
+                mb(m.client_read + m.daemon_read),
                 mb(m.written),
                 f"{m.peak_rss / MB:.0f}",
                 f"{ctx.load_averages[f'{section}/{m.name}']:.1f}",
