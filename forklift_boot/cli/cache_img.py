@@ -16,6 +16,7 @@ from forklift_boot.cli.options import (
     add_compress,
     add_containerd_options,
     add_registry_limits,
+    add_registry_mirror,
     add_source_options,
     positive_int,
     registry_limits,
@@ -86,13 +87,7 @@ def add_arguments(cache_img: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"blobs downloaded at once (default {DEFAULT_JOBS})",
     )
-    fetch.add_argument(
-        "--registry-mirror",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="a Docker Hub mirror to try before docker.io (repeatable; as dockerd's option)",
-    )
+    add_registry_mirror(fetch)
     add_bool(fetch, "--offline", "never touch the network (registries refuse, Docker still works)")
     add_registry_limits(fetch)
 

@@ -16,6 +16,7 @@ from forklift_boot.cli.options import (
     add_bool,
     add_containerd_options,
     add_registry_limits,
+    add_registry_mirror,
     add_source_options,
     registry_limits,
 )
@@ -82,13 +83,7 @@ def add_arguments(load_img: argparse.ArgumentParser) -> None:
         help=f"the longest a run waits for registries to answer, every request together "
         f"(default {DEFAULT_FETCH_TIMEOUT:g}); then they count as unreachable",
     )
-    fetch.add_argument(
-        "--registry-mirror",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="a Docker Hub mirror to try before docker.io (repeatable; as dockerd's option)",
-    )
+    add_registry_mirror(fetch)
     add_registry_limits(fetch)
 
 

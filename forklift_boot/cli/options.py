@@ -176,6 +176,16 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     add_bool(group, "--with-file-exports", "also list the images of oci-image file exports")
 
 
+def add_registry_mirror(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--registry-mirror",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a Docker Hub mirror to try before docker.io (repeatable; as dockerd's option)",
+    )
+
+
 def add_registry_limits(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """How long a command waits on a slow or busy registry (docs/threat-model.md)."""
     parser.add_argument(
