@@ -21,7 +21,8 @@ ALREADY_THERE = "already there"
 
 # Where load-img's images came from: the engine had them, the cache, or the registry (fetched
 # into the cache in this run, then loaded from it).
-FROM_DOCKER, FROM_CACHE, FROM_REGISTRY = "docker", "cache", "registry"
+# The JSON names the engine ("docker", "containerd") for FROM_ENGINE.
+FROM_ENGINE, FROM_CACHE, FROM_REGISTRY = "engine", "cache", "registry"
 
 # Blobs a registry run (cache-img --from registry, cache push) transfers at once.
 DEFAULT_JOBS = 4
@@ -160,7 +161,7 @@ class Report(RunReport):
         if self.show_sources:
             sources = (
                 f"; {self._from(FROM_REGISTRY)} from registries, {self._from(FROM_CACHE)} from "
-                f"the cache, {self._from(FROM_DOCKER)} from {self.engine}"
+                f"the cache, {self._from(FROM_ENGINE)} from {self.engine}"
             )
         return (
             f"{done}/{total} images ready in {self.engine} ({self.count(LOADED)} loaded, "
@@ -180,7 +181,8 @@ class Report(RunReport):
         """A load also says where each image came from (null: it isn't there)."""
         found = super().image_json(outcome)
         if self.action == "load":
-            found["source"] = outcome.source
+            engine = self.engine.split()[0].lower()  # "docker", "containerd"
+            found["source"] = engine if outcome.source == FROM_ENGINE else outcome.source
         return found
 
 

@@ -24,7 +24,7 @@ from forklift_boot.refs import ImageRef
 from forklift_boot.report import (
     FAILED,
     FROM_CACHE,
-    FROM_DOCKER,
+    FROM_ENGINE,
     FROM_REGISTRY,
     LOADED,
     MISSING,
@@ -118,7 +118,7 @@ def _source(outcome: ImageOutcome) -> str | None:
     """Where the image in the engine came from: it was there already (perhaps under other
     names), or the cache."""
     if outcome.status in (PRESENT, TAGGED):
-        return FROM_DOCKER
+        return FROM_ENGINE
     return None if outcome.status == MISSING else FROM_CACHE
 
 

@@ -44,7 +44,7 @@ from forklift_boot.report import (
     CACHED,
     FAILED,
     FROM_CACHE,
-    FROM_DOCKER,
+    FROM_ENGINE,
     FROM_REGISTRY,
     LOADED,
     MISSING,
@@ -671,11 +671,15 @@ def test_fetch_missing_fetches_what_neither_the_engine_nor_the_cache_has(
     assert lookup.calls == [B1]
     assert source.calls == [("find", B1), ("copy", B1)]
     assert statuses(report) == [(A1, LOADED, ""), (B1, LOADED, ""), (C1, PRESENT, "")]
-    assert sources(report) == {A1: FROM_CACHE, B1: FROM_REGISTRY, C1: FROM_DOCKER}
+    assert sources(report) == {A1: FROM_CACHE, B1: FROM_REGISTRY, C1: FROM_ENGINE}
     # Fetched into the cache, then loaded from it.
     assert cached(tmp_path)[B1] == (IMAGE_B.image_id, ("b:1",))
     assert target.present == {IMAGE_A.image_id, IMAGE_B.image_id, IMAGE_C.image_id}
-    assert report.to_json()["images"][1]["source"] == "registry"
+    assert [image["source"] for image in report.to_json()["images"]] == [
+        "cache",
+        "registry",
+        "docker",
+    ]
     assert "; 1 from registries, 1 from the cache, 1 from Docker)" in report.summary()
 
 
@@ -786,6 +790,18 @@ def test_fetch_newer_unchanged_tags_fetch_nothing(tmp_path: Path) -> None:
     assert source.calls == []
     assert sources(report) == {A1: FROM_CACHE}
     assert list(cached(tmp_path)) == [A1]
+
+
+def test_an_image_containerd_had_is_reported_as_from_containerd(tmp_path: Path) -> None:
+    target = FakeTarget(present={IMAGE_C.image_id}, names={"c:1": IMAGE_C.image_id})
+    fill(tmp_path, {C1: (IMAGE_C, ["c:1"])})
+
+    report = load_images(
+        required("c:1"), target, ImageCache(tmp_path), engine="containerd (namespace k8s.io)"
+    )
+
+    assert statuses(report) == [(C1, PRESENT, "")]
+    assert report.to_json()["images"][0]["source"] == "containerd"
 
 
 def test_load_without_fetch_reports_sources_in_json_only(tmp_path: Path) -> None:
