@@ -67,7 +67,9 @@ def import_docker_save(
     Reads both the legacy layout (Docker 20.10 to 24: ``<id>/layer.tar``, ``<id>.json``) and
     the OCI layout Docker 25 and later save (``blobs/sha256/<hex>``), each with its
     ``manifest.json``. ``known_layers`` maps diff IDs to layer blobs the cache already has:
-    such a layer is read (``docker save`` can't skip it, skopeo#2107) but not stored again.
+    such a layer is not stored again. Docker 25 and later name it by its diff ID, so its bytes
+    are skipped as they pass; before 25 they are hashed to learn it (``docker save`` sends
+    every layer either way, skopeo#2107).
     Config bytes are kept exactly, so image IDs survive the round trip.
     """
     stream = _SaveStream(writer, compress, known_layers)
@@ -105,7 +107,7 @@ def _take_member(archive: tarfile.TarFile, member: tarfile.TarInfo, stream: _Sav
     if name == "manifest.json":
         stream.manifest = parse_json(body, name)
     elif name.endswith("/layer.tar") or (name.startswith("blobs/") and _is_tar(head)):
-        stream.layers[name] = _store_layer(body, stream)
+        stream.layers[name] = _known_layer(name, stream) or _store_layer(body, stream)
     elif _is_config_path(name) or (name.startswith("blobs/") and head.startswith(b"{")):
         data = body.read(MAX_JSON_BLOB_SIZE + 1)
         if len(data) > MAX_JSON_BLOB_SIZE:
@@ -116,6 +118,22 @@ def _take_member(archive: tarfile.TarFile, member: tarfile.TarInfo, stream: _Sav
             stream.configs[name] = stored
             stream.config_docs[name] = document
     # Anything else (VERSION, v1 json, repositories, index.json, oci-layout) is derived data.
+
+
+def _known_layer(name: str, stream: _SaveStream) -> StoredLayer | None:
+    """The cache's blob for a layer that Docker 25 and later name by its diff ID
+    (``blobs/sha256/<diff ID>``), if the cache has one: the stream's bytes are then skipped,
+    neither hashed, compressed nor written. The name needn't be trusted: the image's config
+    (checked against its ID) lists the diff IDs, and the cache's blob is the one stored under
+    that diff ID when its bytes were checked. Docker 20.10 to 24 name layers by a v1 ID, so
+    their layers are read and dropped after hashing (known_layers in store_layer)."""
+    directory, _, hex_part = name.rpartition("/")
+    if directory != "blobs/sha256":
+        return None
+    known = stream.known_layers.get(f"sha256:{hex_part}")
+    if known is None:
+        return None
+    return StoredLayer(known, f"sha256:{hex_part}", is_new=False)
 
 
 def _store_layer(body: IO[bytes], stream: _SaveStream) -> StoredLayer:
