@@ -53,7 +53,7 @@ def docker26_classic(
         client.close()
 
 
-def test_known_layers_of_a_docker_26_save_are_skipped(
+def test_a_docker_26_save_passes_known_layers_unread(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
