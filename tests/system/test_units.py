@@ -468,6 +468,18 @@ def test_the_oneshot_units_move_images_through_containerd(
             ).stdout
         )
         assert {ref for image in listing["images"] for ref in image["refs"]} == set(refs)
+        # Under the unit's sandbox, the layers are containerd's own files, hard-linked.
+        cache = installed.root / "var/cache/fb-ctr/blobs/sha256"
+        content = installed.root / "var/lib/containerd/io.containerd.content.v1.content"
+        layers = layer_digests(cache)
+        assert layers
+        for hex_digest in layers:
+            blob, stored = (
+                (cache / hex_digest).stat(),
+                (content / "blobs/sha256" / hex_digest).stat(),
+            )
+            assert (blob.st_dev, blob.st_ino) == (stored.st_dev, stored.st_ino), hex_digest
+            assert blob.st_nlink >= 2
     finally:
         load_dropin.unlink()
         cache_dropin.unlink()
@@ -553,3 +565,13 @@ def test_read_through_with_the_fetch_drop_in(
         installed.run("systemctl", "daemon-reload")
         installed.run("rm", "-rf", "/var/cache/fb-rt", "/var/lib/forklift/rt-stages")
         installed.run("docker", "rmi", "-f", ref, check=False)
+
+
+def layer_digests(blobs: Path) -> set[str]:
+    """The hex digests of the layers of every manifest in the cache whose blobs are ``blobs``."""
+    index = json.loads((blobs.parent.parent / "index.json").read_bytes())
+    layers = set()
+    for entry in index["manifests"]:
+        manifest = json.loads((blobs / entry["digest"].removeprefix("sha256:")).read_bytes())
+        layers |= {layer["digest"].removeprefix("sha256:") for layer in manifest["layers"]}
+    return layers
