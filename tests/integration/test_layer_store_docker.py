@@ -29,6 +29,7 @@ from forklift_boot.stores.docker.classic_store import (
     config_diff_ids,
 )
 from tests.conftest import require_component
+from tests.integration.test_direct_copy import entries, manifest_layers
 from tests.testbed.dockerd import DockerDaemon
 from tests.testbed.faults import run as run_product
 from tests.testbed.images import MTIME
@@ -579,7 +580,9 @@ def test_a_file_over_8_gib(
         timings["cache-img --compress gzip"] = time.monotonic() - started
         assert result.returncode == 0, result.stderr
         assert "docker save" not in result.stderr, result.stderr  # the direct way
-        blob = cached_layer_blob(cache, "docker.io/fbtest/huge:1", -1)
+        manifest_digest, _ = entries(cache)["docker.io/fbtest/huge:1"]
+        layer = str(manifest_layers(cache, manifest_digest)[-1]["digest"])
+        blob = cache / "blobs" / "sha256" / layer.removeprefix("sha256:")
         assert blob.stat().st_size < 64 << 20  # gzip of 9 GiB of zeros and two 4 KiB blocks
         started = time.monotonic()
         assert gunzipped_digest(blob) == diff_id
@@ -592,16 +595,6 @@ def test_a_file_over_8_gib(
         print(f"cached blob: {blob.stat().st_size} bytes for a layer of {reader.size} bytes")
     finally:
         client.images.remove(image_id, force=True)
-
-
-def cached_layer_blob(cache: Path, name: str, index: int) -> Path:
-    """The blob of layer ``index`` of the cache's ``name``, through index.json and its manifest."""
-    blobs = cache / "blobs" / "sha256"
-    entries = json.loads((cache / "index.json").read_bytes())["manifests"]
-    (entry,) = [e for e in entries if e["annotations"]["io.containerd.image.name"] == name]
-    manifest = json.loads((blobs / entry["digest"].removeprefix("sha256:")).read_bytes())
-    digest: str = manifest["layers"][index]["digest"]
-    return blobs / digest.removeprefix("sha256:")
 
 
 def gunzipped_digest(path: Path) -> str:
