@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,22 @@ def show(container: BootedContainer, unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def last_run_journal(container: BootedContainer, unit: str) -> str:
+def last_run_journal(
+    container: BootedContainer, unit: str, *, until: str = "", timeout: float = 15
+) -> str:
+    """What the unit's last run logged. journald may still be reading the service's output
+    stream when ``systemctl start`` returns (CI once read nothing of an ``ln`` that had failed),
+    so this waits, up to ``timeout`` seconds, for a journal that holds ``until`` (or anything)."""
     invocation = show(container, unit)["InvocationID"]
-    return container.run(
-        "journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat", "--no-pager"
-    ).stdout
+    deadline = time.monotonic() + timeout
+    while True:
+        container.run("journalctl", "--sync")
+        text = container.run(
+            "journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat", "--no-pager"
+        ).stdout
+        if (text and until in text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
 
 
 def resolves(container: BootedContainer, ref: str) -> bool:
@@ -132,7 +144,7 @@ def test_cache_then_load_through_the_units(
 ) -> None:
     props = start(installed, CACHE_UNIT)
     assert (props["Result"], props["ExecMainStatus"]) == ("success", "0")
-    journal = last_run_journal(installed, CACHE_UNIT)
+    journal = last_run_journal(installed, CACHE_UNIT, until="cached 5/5")
     assert "cached 5/5 images (5 new)" in journal, journal
     # The sandbox breaks nothing, not even quietly (a library failing on a hidden file).
     assert "Traceback" not in journal, journal
@@ -161,10 +173,11 @@ def test_cache_then_load_through_the_units(
     # Every later start: nothing to do, nothing exported, loaded or written.
     props = start(installed, CACHE_UNIT)
     assert props["Result"] == "success"
-    assert "cached 5/5 images (0 new), 0 B written" in last_run_journal(installed, CACHE_UNIT)
+    journal = last_run_journal(installed, CACHE_UNIT, until="cached 5/5")
+    assert "cached 5/5 images (0 new), 0 B written" in journal, journal
     props = start(installed, LOAD_UNIT)
     assert props["Result"] == "success"
-    journal = last_run_journal(installed, LOAD_UNIT)
+    journal = last_run_journal(installed, LOAD_UNIT, until="5 already there")
     assert "(0 loaded, 0 tagged, 5 already there), 0 B sent to Docker" in journal, journal
     assert "stopping Docker" not in journal
 
@@ -423,7 +436,8 @@ def test_the_cache_units_sandbox_keeps_containerd_and_the_cache_on_one_mount(
         installed.run("systemctl", "daemon-reload")
         props = start(installed, CACHE_UNIT, check=False)
         assert props["Result"] == "exit-code"
-        assert "Invalid cross-device link" in last_run_journal(installed, CACHE_UNIT)
+        journal = last_run_journal(installed, CACHE_UNIT, until="Invalid cross-device link")
+        assert "Invalid cross-device link" in journal, journal
     finally:
         dropin.unlink()
         installed.run("systemctl", "daemon-reload")
