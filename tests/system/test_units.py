@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_DIR, require_component
+from tests.integration.test_direct_copy import entries, manifest_layers
 from tests.testbed import oci
 from tests.testbed.images import PublishedImage
 from tests.testbed.nspawn import ART_MOUNT, BootedContainer
@@ -483,13 +484,17 @@ def test_the_oneshot_units_move_images_through_containerd(
         )
         assert {ref for image in listing["images"] for ref in image["refs"]} == set(refs)
         # Under the unit's sandbox, the layers are containerd's own files, hard-linked.
-        cache = installed.root / "var/cache/fb-ctr/blobs/sha256"
+        cache = installed.root / "var/cache/fb-ctr"
         content = installed.root / "var/lib/containerd/io.containerd.content.v1.content"
-        layers = layer_digests(cache)
+        layers = {
+            str(layer["digest"]).removeprefix("sha256:")
+            for manifest, _ in entries(cache).values()
+            for layer in manifest_layers(cache, manifest)
+        }
         assert layers
         for hex_digest in layers:
             blob, stored = (
-                (cache / hex_digest).stat(),
+                (cache / "blobs/sha256" / hex_digest).stat(),
                 (content / "blobs/sha256" / hex_digest).stat(),
             )
             assert (blob.st_dev, blob.st_ino) == (stored.st_dev, stored.st_ino), hex_digest
@@ -579,13 +584,3 @@ def test_read_through_with_the_fetch_drop_in(
         installed.run("systemctl", "daemon-reload")
         installed.run("rm", "-rf", "/var/cache/fb-rt", "/var/lib/forklift/rt-stages")
         installed.run("docker", "rmi", "-f", ref, check=False)
-
-
-def layer_digests(blobs: Path) -> set[str]:
-    """The hex digests of the layers of every manifest in the cache whose blobs are ``blobs``."""
-    index = json.loads((blobs.parent.parent / "index.json").read_bytes())
-    layers = set()
-    for entry in index["manifests"]:
-        manifest = json.loads((blobs / entry["digest"].removeprefix("sha256:")).read_bytes())
-        layers |= {layer["digest"].removeprefix("sha256:") for layer in manifest["layers"]}
-    return layers
